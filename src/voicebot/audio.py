@@ -88,7 +88,7 @@ def _frames(container: av.container.InputContainer) -> Iterator[av.AudioFrame]:
             continue
         except av.error.FFmpegError:
             return
-        yield from frames  # type: ignore[misc]
+        yield from frames
 
 
 def _group(frames: Iterator[av.AudioFrame]) -> Iterator[av.AudioFrame]:
@@ -96,10 +96,10 @@ def _group(frames: Iterator[av.AudioFrame]) -> Iterator[av.AudioFrame]:
     for frame in frames:
         frame.pts = None
         fifo.write(frame)
-        if fifo.samples >= _GROUP_SAMPLES:
-            yield fifo.read()
-    if fifo.samples > 0:
-        yield fifo.read()
+        if fifo.samples >= _GROUP_SAMPLES and (grouped := fifo.read()) is not None:
+            yield grouped
+    if fifo.samples > 0 and (rest := fifo.read()) is not None:
+        yield rest
 
 
 def _resample(

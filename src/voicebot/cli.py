@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -18,7 +18,9 @@ from voicebot.errors import VoicebotError
 from voicebot.formats import EXTENSIONS, Format, render
 from voicebot.logs import setup_logging
 
-app = typer.Typer(help="Self-hosted Telegram bot that turns speech into text.", no_args_is_help=True)
+app = typer.Typer(
+    help="Self-hosted Telegram bot that turns speech into text.", no_args_is_help=True
+)
 err = Console(stderr=True)
 _PROGRESS_FROM_SECONDS = 60.0
 
@@ -37,8 +39,8 @@ def _settings(**overrides: object) -> Settings:
         _fail(f"{name}: {first['msg']}")
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"voicebot: {message}", markup=False, highlight=False)
+def _fail(message: str, code: int = 2) -> NoReturn:
+    typer.echo(f"voicebot: {message}", err=True)
     raise typer.Exit(code)
 
 
@@ -46,7 +48,8 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 def transcribe(
     files: Annotated[list[Path], typer.Argument(help="Audio or video files.", show_default=False)],
     language: Annotated[
-        str | None, typer.Option("--language", "-l", help="Language code, e.g. en; default: detect.")
+        str | None,
+        typer.Option("--language", "-l", help="Language code, e.g. en; default: detect."),
     ] = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.text,
     model: Annotated[
@@ -68,11 +71,15 @@ def transcribe(
     failed = 0
     for path in files:
         try:
-            transcript = _transcribe_one(engine, path, language or settings.whisper_language,
-                                         settings.whisper_allowed_languages)
+            transcript = _transcribe_one(
+                engine,
+                path,
+                language or settings.whisper_language,
+                settings.whisper_allowed_languages,
+            )
         except VoicebotError as error:
             failed += 1
-            err.print(f"voicebot: {path}: {error}", markup=False, highlight=False)
+            typer.echo(f"voicebot: {path}: {error}", err=True)
             continue
         rendered = render(transcript, fmt)
         if output is None:
@@ -94,8 +101,12 @@ def _transcribe_one(
     if seconds < _PROGRESS_FROM_SECONDS or not err.is_terminal:
         return engine.transcribe(audio, language=language, allowed_languages=allowed)
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(), console=err, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
     ) as bar:
         task = bar.add_task(path.name, total=seconds)
         return engine.transcribe(

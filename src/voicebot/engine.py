@@ -104,11 +104,11 @@ class Engine:
         language: str | None = None,
         allowed_languages: Sequence[str] = (),
         progress: ProgressCallback | None = None,
-        timeout: float | None = None,
+        time_limit: float | None = None,
     ) -> Transcript:
         """Transcribe in a worker thread; cancelling the awaiting task stops it between segments."""
         cancel = threading.Event()
-        deadline = time.monotonic() + timeout if timeout else None
+        deadline = time.monotonic() + time_limit if time_limit else None
         work = asyncio.ensure_future(
             asyncio.to_thread(
                 self.transcribe,
@@ -161,15 +161,17 @@ class Engine:
             # Encode the first window exactly as decoding will, and detect the language from
             # that same output: stock faster-whisper encodes this window twice.
             content_frames = features.shape[-1] - 1
-            first = pad_or_trim(features[:, : min(model.feature_extractor.nb_max_frames,
-                                                   content_frames)])
+            first = pad_or_trim(
+                features[:, : min(model.feature_extractor.nb_max_frames, content_frames)]
+            )
             encoder_output = model.encode(first)
             language, probability = _pick_language(
                 model.model.detect_language(encoder_output)[0], allowed
             )
 
-        tokenizer = Tokenizer(model.hf_tokenizer, self.multilingual, task="transcribe",
-                              language=language)
+        tokenizer = Tokenizer(
+            model.hf_tokenizer, self.multilingual, task="transcribe", language=language
+        )
         options = _stock_options(tokenizer, beam_size=self.options.beam_size)
         segments = model.generate_segments(features, tokenizer, options, False, encoder_output)
         if speech_chunks:

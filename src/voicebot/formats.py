@@ -51,7 +51,7 @@ def _text(transcript: Transcript) -> str:
 def _timestamps(transcript: Transcript) -> str:
     long = transcript.duration >= 3600
     return "".join(
-        f"[{clock(s.start, hours=long)[:8 if long else 5]}] {s.text.strip()}\n"
+        f"[{clock(s.start, hours=long)[: 8 if long else 5]}] {s.text.strip()}\n"
         for s in transcript.segments
     )
 
@@ -67,8 +67,7 @@ def _srt(transcript: Transcript) -> str:
 
 def _vtt(transcript: Transcript) -> str:
     cues = [
-        f"{clock(s.start)} --> {clock(s.end)}\n{_cue_text(s.text)}\n"
-        for s in transcript.segments
+        f"{clock(s.start)} --> {clock(s.end)}\n{_cue_text(s.text)}\n" for s in transcript.segments
     ]
     return "WEBVTT\n\n" + "\n".join(cues)
 

