@@ -25,6 +25,9 @@ _IMAGE_FORMATS = ("_pipe", "image2", "gif", "apng", "webp")
 _GROUP_SAMPLES = 500_000
 
 Audio = npt.NDArray[np.float32]
+DAMAGED = "The audio is damaged or cut off: nothing in it could be decoded."
+# Leading bytes of containers people send; such a file that fails to open is damaged, not alien.
+_SIGNATURES = (b"OggS", b"ID3", b"RIFF", b"fLaC", b"\x1aE\xdf\xa3", b"FORM", b"#!AMR", b"caff")
 
 
 def decode(source: bytes | Path, *, max_seconds: float) -> Audio:
@@ -42,6 +45,9 @@ def decode(source: bytes | Path, *, max_seconds: float) -> Audio:
     try:
         container = av.open(opened, mode="r", metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError) as error:
+        head = source[:12] if isinstance(source, bytes) else _head(source)
+        if isinstance(error, av.error.EOFError) or _looks_like_media(head):
+            raise CorruptAudioError(DAMAGED) from error
         raise NotAudioError("This is not an audio or video file I can read.") from error
     with container:
         if not container.streams.audio:
@@ -52,8 +58,17 @@ def decode(source: bytes | Path, *, max_seconds: float) -> Audio:
             raise _too_long(container.duration / av.time_base, max_seconds)
         samples = _decode_samples(container, max_seconds=max_seconds)
     if samples.size == 0:
-        raise CorruptAudioError("The audio is damaged: nothing in it could be decoded.")
+        raise CorruptAudioError(DAMAGED)
     return (samples.astype(np.float32) / 32768.0).astype(np.float32, copy=False)
+
+
+def _head(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return handle.read(12)
+
+
+def _looks_like_media(head: bytes) -> bool:
+    return head.startswith(_SIGNATURES) or head[4:8] == b"ftyp"
 
 
 def _decode_samples(container: av.container.InputContainer, *, max_seconds: float) -> np.ndarray:

@@ -45,6 +45,21 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 
 
 @app.command()
+def run() -> None:
+    """Run the bot: long polling, transcription workers and the database in one process."""
+    import asyncio
+
+    from voicebot.service import serve
+
+    settings = _settings()
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        asyncio.run(serve(settings))
+    except VoicebotError as error:
+        _fail(str(error))
+
+
+@app.command()
 def transcribe(
     files: Annotated[list[Path], typer.Argument(help="Audio or video files.", show_default=False)],
     language: Annotated[

@@ -6,8 +6,13 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+OFFICIAL_API_URL = "https://api.telegram.org"
+# getFile refuses files over 20 MB, unless a self-hosted Bot API server runs in --local mode.
+PUBLIC_FILE_LIMIT_MB = 20
+LOCAL_FILE_LIMIT_MB = 2000
 
 
 def _default_cache_dir() -> Path:
@@ -33,8 +38,22 @@ class Settings(BaseSettings):
     job_timeout_seconds: float = Field(default=3600, gt=0)
     model_cache_dir: Path = Field(default_factory=_default_cache_dir)
 
+    # Telegram
+    telegram_bot_token: SecretStr | None = None
+    telegram_api_url: str = OFFICIAL_API_URL
+    telegram_local_mode: bool = False
+    max_file_mb: float | None = Field(default=None, gt=0)
+
+    # Jobs and delivery
+    workers: int = Field(default=1, ge=1)
+    job_max_attempts: int = Field(default=3, ge=1)
+    progress_interval_seconds: float = Field(default=5.0, ge=1.0)
+    transcript_file_chars: int = Field(default=12000, ge=4096)
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+
     # Service
     data_dir: Path = Path("data")
+    database_url: str | None = None
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
 
@@ -51,6 +70,22 @@ class Settings(BaseSettings):
         if isinstance(value, str) and not value.strip():
             return None
         return value
+
+    @property
+    def file_limit_bytes(self) -> int:
+        """Largest file the bot will try to download through its Bot API server."""
+        if self.max_file_mb is not None:
+            megabytes = self.max_file_mb
+        elif self.telegram_local_mode:
+            megabytes = LOCAL_FILE_LIMIT_MB
+        else:
+            megabytes = PUBLIC_FILE_LIMIT_MB
+        return int(megabytes * 1024 * 1024)
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """DATABASE_URL, or a SQLite file under DATA_DIR."""
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'voicebot.db'}"
 
     @property
     def cpu_threads(self) -> int:

@@ -1,0 +1,33 @@
+"""Telegram front: routers for commands and media, one error handler."""
+
+from __future__ import annotations
+
+import structlog
+from aiogram import Dispatcher
+from aiogram.types import ErrorEvent
+
+from voicebot import texts
+from voicebot.bot import commands, media
+from voicebot.jobs import Runtime
+
+log = structlog.get_logger(__name__)
+
+
+def build_dispatcher(runtime: Runtime) -> Dispatcher:
+    """A dispatcher with every router; handlers receive `runtime` from workflow data."""
+    dispatcher = Dispatcher(runtime=runtime)
+    dispatcher.include_routers(media.build_router(), commands.build_router())
+    dispatcher.errors.register(on_error)
+    return dispatcher
+
+
+async def on_error(event: ErrorEvent) -> bool:
+    """Log any handler failure and tell the user; the bot keeps serving."""
+    log.error("handler_failed", error=repr(event.exception), exc_info=event.exception)
+    message = event.update.message
+    if message is not None:
+        try:
+            await message.answer(texts.FAILED)
+        except Exception as error:  # noqa: BLE001 - already failing; log and move on
+            log.warning("error_not_told", error=repr(error))
+    return True

@@ -1,0 +1,138 @@
+"""Sending results to Telegram: splitting long text, files, idempotent edits and retries."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TypeVar
+
+import structlog
+from aiogram import Bot
+from aiogram.exceptions import (
+    TelegramBadRequest,
+    TelegramNetworkError,
+    TelegramRetryAfter,
+    TelegramServerError,
+)
+from aiogram.types import BufferedInputFile, ReplyParameters
+
+MESSAGE_LIMIT = 4096
+TRANSIENT = (TelegramNetworkError, TelegramServerError, TelegramRetryAfter)
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+_SENTENCE_END = re.compile(r"(?<=[.!?…。！？])\s+")  # noqa: RUF001 - CJK sentence ends
+
+
+def split_text(text: str, limit: int = MESSAGE_LIMIT) -> list[str]:
+    """Cut `text` into parts of at most `limit` characters, at sentence, then word boundaries."""
+    text = text.strip()
+    parts: list[str] = []
+    while len(text) > limit:
+        window = text[: limit + 1]
+        cut = _last_boundary(window, limit)
+        parts.append(text[:cut].rstrip())
+        text = text[cut:].lstrip()
+    if text:
+        parts.append(text)
+    return parts
+
+
+def _last_boundary(window: str, limit: int) -> int:
+    sentences = [m.start() for m in _SENTENCE_END.finditer(window) if m.start() <= limit]
+    if sentences and sentences[-1] > limit // 2:
+        return sentences[-1]
+    space = window.rfind(" ", 0, limit + 1)
+    if space > limit // 2:
+        return space
+    return limit
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` (1-based)."""
+    return float(min(2 ** (attempt - 1), 30))
+
+
+async def with_retries(call: Callable[[], Awaitable[T]], *, retries: int = 2) -> T:
+    """Run `call`, retrying Telegram's transient failures; 429 waits its retry_after."""
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except TRANSIENT as error:
+            attempt += 1
+            if attempt > retries:
+                raise
+            delay = (
+                float(error.retry_after)
+                if isinstance(error, TelegramRetryAfter)
+                else backoff(attempt)
+            )
+            log.warning("telegram_retry", error=str(error), attempt=attempt, delay=delay)
+            await asyncio.sleep(delay)
+
+
+async def edit_text(bot: Bot, *, chat_id: int, message_id: int, text: str) -> None:
+    """Edit a message; an edit that changes nothing counts as done (so retries are harmless)."""
+    try:
+        await bot.edit_message_text(text=text, chat_id=chat_id, message_id=message_id)
+    except TelegramBadRequest as error:
+        if "message is not modified" not in error.message:
+            raise
+
+
+async def try_edit(bot: Bot, *, chat_id: int, message_id: int, text: str) -> None:
+    """Best-effort edit for progress: a busy or flaky API only skips this update."""
+    try:
+        await edit_text(bot, chat_id=chat_id, message_id=message_id, text=text)
+    except (*TRANSIENT, TelegramBadRequest) as error:
+        log.info("progress_edit_skipped", error=str(error))
+
+
+PartSent = Callable[[int, int], Awaitable[None]]
+"""Called after each part with (parts delivered so far, status message id)."""
+
+
+async def deliver(
+    bot: Bot,
+    *,
+    chat_id: int,
+    reply_to: int,
+    status_message_id: int | None,
+    parts: list[str],
+    document: tuple[str, bytes] | None,
+    done: int,
+    on_part_sent: PartSent,
+    retries: int = 2,
+) -> None:
+    """Send `parts` (then `document`) from part number `done` on, recording each one sent.
+
+    Part 0 replaces the status message (an idempotent edit); the rest are new messages.
+    """
+    reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
+    total = len(parts) + (1 if document else 0)
+    for index in range(done, total):
+        if index == 0 and status_message_id is not None:
+            await with_retries(
+                partial(
+                    edit_text, bot, chat_id=chat_id, message_id=status_message_id, text=parts[0]
+                ),
+                retries=retries,
+            )
+        elif index < len(parts):
+            sent = await with_retries(
+                partial(bot.send_message, chat_id, parts[index], reply_parameters=reply),
+                retries=retries,
+            )
+            status_message_id = status_message_id or sent.message_id
+        else:
+            assert document is not None
+            upload = BufferedInputFile(document[1], filename=document[0])
+            await with_retries(
+                partial(bot.send_document, chat_id, upload, reply_parameters=reply),
+                retries=retries,
+            )
+        assert status_message_id is not None
+        await on_part_sent(index + 1, status_message_id)

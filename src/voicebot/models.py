@@ -1,0 +1,217 @@
+"""Tables and the small query functions over them (session first, keywords after)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the tables use."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention, so migrations name constraints stably."""
+
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map = {datetime: DateTime(timezone=True), int: BigInteger}  # noqa: RUF012
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is; `done` and `failed` are final and mean the user has been answered."""
+
+    queued = "queued"
+    running = "running"
+    transcribed = "transcribed"
+    done = "done"
+    failed = "failed"
+
+
+ACTIVE = (JobStatus.queued, JobStatus.running, JobStatus.transcribed)
+
+
+class User(Base):
+    """A Telegram user who has written to the bot."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    first_name: Mapped[str] = mapped_column(String(256), default="")
+    username: Mapped[str | None] = mapped_column(String(64))
+    language_code: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Chat(Base):
+    """A chat the bot has been used in."""
+
+    __tablename__ = "chats"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    type: Mapped[str] = mapped_column(String(32))
+    title: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Transcript(Base):
+    """A finished transcription; keyed by file_unique_id so later work can reuse it."""
+
+    __tablename__ = "transcripts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_unique_id: Mapped[str] = mapped_column(String(128), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    language: Mapped[str] = mapped_column(String(16))
+    language_probability: Mapped[float] = mapped_column(Float)
+    duration: Mapped[float] = mapped_column(Float)
+    segments: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    model: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """One accepted message and everything that happened to it."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("chat_id", "message_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    chat_id: Mapped[int] = mapped_column(ForeignKey("chats.id"), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    message_id: Mapped[int]
+    status_message_id: Mapped[int | None]
+    kind: Mapped[str] = mapped_column(String(16))
+    file_id: Mapped[str] = mapped_column(String(256))
+    file_unique_id: Mapped[str] = mapped_column(String(128))
+    file_size: Mapped[int | None]
+    file_name: Mapped[str | None] = mapped_column(String(256))
+    mime_type: Mapped[str | None] = mapped_column(String(128))
+    duration: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, native_enum=False, length=16), default=JobStatus.queued, index=True
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_parts: Mapped[int] = mapped_column(Integer, default=0)
+    transcript_id: Mapped[int | None] = mapped_column(ForeignKey("transcripts.id"))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_text: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class Usage(Base):
+    """Seconds of audio and of processing spent for a user, one row per finished job."""
+
+    __tablename__ = "usage"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    audio_seconds: Mapped[float] = mapped_column(Float)
+    processing_seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Quota(Base):
+    """A user's allowance; rows appear when quotas are enforced (a later feature)."""
+
+    __tablename__ = "quotas"
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    plan: Mapped[str] = mapped_column(String(32), default="free")
+    seconds_per_day: Mapped[float | None] = mapped_column(Float)
+    expires_at: Mapped[datetime | None]
+
+
+async def upsert_user_and_chat(
+    session: AsyncSession,
+    *,
+    user_id: int,
+    first_name: str,
+    username: str | None,
+    language_code: str | None,
+    chat_id: int,
+    chat_type: str,
+    chat_title: str | None,
+) -> None:
+    """Record the user and chat, refreshing what may have changed."""
+    now = utcnow()
+    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    await session.execute(
+        insert(User)
+        .values(
+            id=user_id,
+            first_name=first_name,
+            username=username,
+            language_code=language_code,
+            created_at=now,
+            last_seen_at=now,
+        )
+        .on_conflict_do_update(
+            index_elements=[User.id],
+            set_={
+                "first_name": first_name,
+                "username": username,
+                "language_code": language_code,
+                "last_seen_at": now,
+            },
+        )
+    )
+    await session.execute(
+        insert(Chat)
+        .values(id=chat_id, type=chat_type, title=chat_title, created_at=now)
+        .on_conflict_do_update(index_elements=[Chat.id], set_={"title": chat_title})
+    )
+
+
+async def find_job(session: AsyncSession, *, chat_id: int, message_id: int) -> Job | None:
+    """The job for a user's message, if it was accepted before."""
+    found = await session.execute(
+        select(Job).where(Job.chat_id == chat_id, Job.message_id == message_id)
+    )
+    return found.scalar_one_or_none()
+
+
+async def count_ahead(session: AsyncSession, *, job_id: int) -> int:
+    """Jobs accepted before `job_id` that are not finished yet."""
+    found = await session.execute(
+        select(func.count()).select_from(Job).where(Job.id < job_id, Job.status.in_(ACTIVE))
+    )
+    return int(found.scalar_one())
+
+
+async def unfinished_job_ids(session: AsyncSession) -> list[int]:
+    """Jobs accepted but not answered yet, oldest first."""
+    found = await session.execute(select(Job.id).where(Job.status.in_(ACTIVE)).order_by(Job.id))
+    return list(found.scalars())
+
+
+async def set_job(session: AsyncSession, *, job_id: int, **values: Any) -> None:
+    """Update columns of one job."""
+    await session.execute(update(Job).where(Job.id == job_id).values(**values))

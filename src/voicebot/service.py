@@ -1,0 +1,97 @@
+"""The service on one machine: bot, workers and database in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.types import BotCommand
+
+from voicebot import texts
+from voicebot.bot import build_dispatcher
+from voicebot.config import Settings
+from voicebot.db import build_engine as build_db_engine
+from voicebot.db import build_sessions, upgrade_async
+from voicebot.engine import build_engine
+from voicebot.errors import ConfigError
+from voicebot.jobs import Runtime, build_broker, recover
+
+log = structlog.get_logger(__name__)
+
+
+def build_bot(settings: Settings) -> Bot:
+    """The aiogram bot, pointed at TELEGRAM_API_URL."""
+    if settings.telegram_bot_token is None or not settings.telegram_bot_token.get_secret_value():
+        raise ConfigError(
+            "TELEGRAM_BOT_TOKEN is not set: create a bot with @BotFather in Telegram and put "
+            "TELEGRAM_BOT_TOKEN=<token> in .env or the environment"
+        )
+    from aiogram.utils.token import TokenValidationError
+
+    api = TelegramAPIServer.from_base(
+        settings.telegram_api_url.rstrip("/"), is_local=settings.telegram_local_mode
+    )
+    try:
+        return Bot(settings.telegram_bot_token.get_secret_value(), session=AiohttpSession(api=api))
+    except TokenValidationError as error:
+        raise ConfigError(
+            "TELEGRAM_BOT_TOKEN does not look like a bot token (digits:letters, from @BotFather)"
+        ) from error
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM; then finish running jobs within the grace period."""
+    bot = build_bot(settings)
+    await upgrade_async(settings.sqlalchemy_url)
+    database = build_db_engine(settings.sqlalchemy_url)
+    engine = await asyncio.to_thread(build_engine, settings)
+    runtime = Runtime(
+        settings=settings,
+        bot=bot,
+        sessions=build_sessions(database),
+        engine=engine,
+        model_name=settings.whisper_model,
+        slots=asyncio.Semaphore(settings.workers),
+    )
+    broker = build_broker(runtime)
+    dispatcher = build_dispatcher(runtime)
+    await broker.startup()
+    try:
+        me = await bot.get_me()
+        log.info(
+            "bot_started",
+            username=me.username,
+            api=settings.telegram_api_url,
+            model=settings.whisper_model,
+            workers=settings.workers,
+        )
+        await bot.set_my_commands(
+            [BotCommand(command=name, description=text) for name, text in texts.COMMANDS.items()]
+        )
+        await recover(runtime)
+        await dispatcher.start_polling(bot, handle_signals=True, close_bot_session=False)
+        log.info(
+            "shutting_down", running=len(runtime.running), grace=settings.shutdown_grace_seconds
+        )
+        await _drain(runtime, settings.shutdown_grace_seconds)
+    finally:
+        await broker.shutdown()
+        await bot.session.close()
+        await database.dispose()
+    log.info("stopped")
+
+
+async def _drain(runtime: Runtime, grace: float) -> None:
+    """Let running jobs finish for `grace` seconds; the rest stay recorded for the next start."""
+    pending = set(runtime.running)
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=grace)
+    for task in pending:
+        task.cancel()
+    for task in pending:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,66 @@
+"""Run the real bot (`python -m voicebot run`) as a child process against the fake Bot API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+from .fakes import FakeBotAPI
+
+
+class BotProcess:
+    """One `voicebot run` process; `start` returns once it is polling."""
+
+    def __init__(self, api: FakeBotAPI, workdir: Path, model_cache: Path, **env: str) -> None:
+        self.api = api
+        self.workdir = workdir
+        self.env = {
+            **os.environ,
+            "TELEGRAM_BOT_TOKEN": api.token,
+            "TELEGRAM_API_URL": api.url,
+            "DATA_DIR": str(workdir / "data"),
+            "MODEL_CACHE_DIR": str(model_cache),
+            "LOG_FORMAT": "json",
+            "PROGRESS_INTERVAL_SECONDS": "1",
+            **env,
+        }
+        self.process: asyncio.subprocess.Process | None = None
+        self.log = workdir / "bot.log"
+
+    async def start(self, timeout: float = 120) -> None:
+        """Start the process and wait until it asks for updates."""
+        polls = len(self.api.calls_of("getUpdates"))
+        with self.log.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "voicebot",
+                "run",
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=log,
+            )
+        await self.api.wait_for(
+            lambda: len(self.api.calls_of("getUpdates")) > polls or self.exited, timeout
+        )
+        assert not self.exited, f"bot exited at start:\n{self.output()}"
+
+    @property
+    def exited(self) -> bool:
+        """Whether the process has ended."""
+        return self.process is not None and self.process.returncode is not None
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 60) -> int:
+        """Send `sig` and wait for the exit code."""
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(sig)
+        return await asyncio.wait_for(self.process.wait(), timeout)
+
+    def output(self) -> str:
+        """What the process logged so far."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
