@@ -357,7 +357,7 @@ class FakeBotAPI:
     async def wait_for(
         self,
         predicate: Callable[[], bool],
-        timeout: float = 5.0,  # noqa: ASYNC109 - polling helper, not a cancellable operation
+        timeout: float = 5.0,
         message: str = "",
     ) -> None:
         """Poll ``predicate`` until true; on timeout raise AssertionError listing recent calls."""
