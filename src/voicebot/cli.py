@@ -57,6 +57,9 @@ def run() -> None:
         asyncio.run(serve(settings))
     except VoicebotError as error:
         _fail(str(error))
+    except KeyboardInterrupt:
+        # Ctrl+C before polling started (loading the model); nothing was accepted yet.
+        raise typer.Exit(130) from None
 
 
 @app.command()

@@ -64,7 +64,9 @@ class Settings(BaseSettings):
             return [part.strip().lower() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("whisper_language", "whisper_compute_type", mode="before")
+    @field_validator(
+        "whisper_language", "whisper_compute_type", "max_file_mb", "database_url", mode="before"
+    )
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -89,5 +91,5 @@ class Settings(BaseSettings):
 
     @property
     def cpu_threads(self) -> int:
-        """Threads for CTranslate2 on CPU: the setting, or every core when it is 0."""
-        return self.whisper_cpu_threads or os.cpu_count() or 1
+        """Threads per transcription on CPU: the setting, or the cores shared among WORKERS."""
+        return self.whisper_cpu_threads or max(1, (os.cpu_count() or 1) // self.workers)

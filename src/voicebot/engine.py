@@ -55,6 +55,7 @@ class Options:
     beam_size: int = 5
     vad: bool = True
     max_audio_seconds: float = 3 * 3600
+    workers: int = 1
 
 
 class Engine:
@@ -63,8 +64,8 @@ class Engine:
     def __init__(self, model: Any, options: Options) -> None:
         self.model = model
         self.options = options
-        # CTranslate2 serialises calls per model replica; one engine, one transcription at a time.
-        self._lock = threading.Lock()
+        # One transcription per CTranslate2 worker (WORKERS); more would only queue inside it.
+        self._lock = threading.BoundedSemaphore(options.workers)
 
     @property
     def multilingual(self) -> bool:
@@ -249,6 +250,7 @@ def load_whisper(settings: Settings) -> Any:
             device=device,
             compute_type=compute_type,
             cpu_threads=settings.cpu_threads,
+            num_workers=settings.workers,
         )
     except (RuntimeError, ValueError, OSError) as error:
         raise ModelUnavailableError(
@@ -263,5 +265,6 @@ def build_engine(settings: Settings) -> Engine:
         beam_size=settings.whisper_beam_size,
         vad=settings.whisper_vad,
         max_audio_seconds=settings.max_audio_seconds,
+        workers=settings.workers,
     )
     return Engine(load_whisper(settings), options)

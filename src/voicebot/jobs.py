@@ -132,12 +132,17 @@ async def submit(runtime: Runtime, message: Message, media: Media) -> None:
             return
         ahead = await count_ahead(session, job_id=job.id)
     log.info("job_accepted", job_id=job.id, kind=media.kind, duration=media.duration, ahead=ahead)
-    status = await with_retries(
-        lambda: message.reply(texts.queued(ahead, runtime.settings.workers))
-    )
-    async with runtime.sessions() as session:
-        await set_job(session, job_id=job.id, status_message_id=status.message_id)
-        await session.commit()
+    try:
+        status = await with_retries(
+            lambda: message.reply(texts.queued(ahead, runtime.settings.workers))
+        )
+    except TelegramAPIError as error:
+        # The job is recorded: it still runs, and its result becomes a reply of its own.
+        log.warning("status_not_sent", job_id=job.id, error=str(error))
+    else:
+        async with runtime.sessions() as session:
+            await set_job(session, job_id=job.id, status_message_id=status.message_id)
+            await session.commit()
     await runtime.kick(job.id)
 
 
@@ -170,6 +175,7 @@ async def _run(runtime: Runtime, job_id: int) -> None:
     if job is None or job.status in (JobStatus.done, JobStatus.failed):
         return
     bound = log.bind(job_id=job_id, chat_id=job.chat_id)
+    attempts = job.attempts
     try:
         if job.transcript_id is None:
             if job.attempts >= runtime.settings.job_max_attempts:
@@ -178,10 +184,9 @@ async def _run(runtime: Runtime, job_id: int) -> None:
         await _deliver(runtime, job)
     except asyncio.CancelledError:
         # Shutdown: leave the job for the next start, without counting this attempt.
+        status = JobStatus.queued if job.transcript_id is None else JobStatus.transcribed
         async with runtime.sessions() as session:
-            await set_job(
-                session, job_id=job_id, status=JobStatus.queued, attempts=max(job.attempts - 1, 0)
-            )
+            await set_job(session, job_id=job_id, status=status, attempts=attempts)
             await session.commit()
         bound.info("job_postponed")
         raise
