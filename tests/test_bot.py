@@ -224,5 +224,5 @@ async def test_burst_from_five_users(
     assert first_texts.count("Transcribing…") + len(positions) == 20
     assert positions
     assert max(positions) >= 10
+    # A place can repeat: a job may finish between two arrivals and move the line up.
     assert all(1 <= p <= 19 for p in positions)
-    assert sorted(set(positions)) == sorted(positions)  # no two jobs share a place

@@ -23,6 +23,9 @@ TRANSIENT = (TelegramNetworkError, TelegramServerError, TelegramRetryAfter)
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
+# Telegram's descriptions when the user deleted the status message (or it is too old to edit).
+_STATUS_GONE = ("message to edit not found", "message can't be edited")
+_SPACE = re.compile(r"\s")
 _SENTENCE_END = re.compile(r"(?<=[.!?…。！？])\s+")  # noqa: RUF001 - CJK sentence ends
 
 
@@ -44,9 +47,10 @@ def _last_boundary(window: str, limit: int) -> int:
     sentences = [m.start() for m in _SENTENCE_END.finditer(window) if m.start() <= limit]
     if sentences and sentences[-1] > limit // 2:
         return sentences[-1]
-    space = window.rfind(" ", 0, limit + 1)
-    if space > limit // 2:
-        return space
+    spaces = [m.start() for m in _SPACE.finditer(window, 0, limit + 1)]
+    if spaces and spaces[-1] > 0:
+        # The last space, even early in the window: a long word moves whole to the next part.
+        return spaces[-1]
     return limit
 
 
@@ -83,6 +87,37 @@ async def edit_text(bot: Bot, *, chat_id: int, message_id: int, text: str) -> No
             raise
 
 
+async def put_status(
+    bot: Bot,
+    *,
+    chat_id: int,
+    status_message_id: int | None,
+    reply_to: int,
+    text: str,
+    retries: int = 2,
+) -> int:
+    """Show `text` in the status message, or in a new reply if there is none or it was deleted.
+
+    Returns the id of the message that now shows `text`.
+    """
+    if status_message_id is not None:
+        try:
+            await with_retries(
+                partial(edit_text, bot, chat_id=chat_id, message_id=status_message_id, text=text),
+                retries=retries,
+            )
+            return status_message_id
+        except TelegramBadRequest as error:
+            if not any(gone in error.message for gone in _STATUS_GONE):
+                raise
+            log.info("status_message_gone", chat_id=chat_id, message_id=status_message_id)
+    reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
+    sent = await with_retries(
+        partial(bot.send_message, chat_id, text, reply_parameters=reply), retries=retries
+    )
+    return sent.message_id
+
+
 async def try_edit(bot: Bot, *, chat_id: int, message_id: int, text: str) -> None:
     """Best-effort edit for progress: a busy or flaky API only skips this update."""
     try:
@@ -110,23 +145,25 @@ async def deliver(
     """Send `parts` (then `document`) from part number `done` on, recording each one sent.
 
     Part 0 replaces the status message (an idempotent edit); the rest are new messages.
+    The status message id passed to `on_part_sent` may change if the user deleted it.
     """
     reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
     total = len(parts) + (1 if document else 0)
     for index in range(done, total):
-        if index == 0 and status_message_id is not None:
-            await with_retries(
-                partial(
-                    edit_text, bot, chat_id=chat_id, message_id=status_message_id, text=parts[0]
-                ),
+        if index == 0:
+            status_message_id = await put_status(
+                bot,
+                chat_id=chat_id,
+                status_message_id=status_message_id,
+                reply_to=reply_to,
+                text=parts[0],
                 retries=retries,
             )
         elif index < len(parts):
-            sent = await with_retries(
+            await with_retries(
                 partial(bot.send_message, chat_id, parts[index], reply_parameters=reply),
                 retries=retries,
             )
-            status_message_id = status_message_id or sent.message_id
         else:
             assert document is not None
             upload = BufferedInputFile(document[1], filename=document[0])

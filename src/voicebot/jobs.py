@@ -12,7 +12,7 @@ from typing import Any
 import structlog
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
-from aiogram.types import Message, ReplyParameters
+from aiogram.types import Message
 from sqlalchemy.exc import IntegrityError
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqDepends
 from taskiq.decor import AsyncTaskiqDecoratedTask
@@ -23,7 +23,7 @@ from voicebot.db import Sessions
 from voicebot.delivery import (
     TRANSIENT,
     deliver,
-    edit_text,
+    put_status,
     split_text,
     try_edit,
     with_retries,
@@ -76,6 +76,8 @@ class Runtime:
     engine: Engine
     model_name: str
     slots: asyncio.Semaphore
+    #: Jobs waiting for a slot, and jobs holding one: shutdown treats them differently.
+    waiting: set[asyncio.Task[Any]] = field(default_factory=set)
     running: set[asyncio.Task[Any]] = field(default_factory=set)
     task: AsyncTaskiqDecoratedTask[..., Any] | None = None
 
@@ -161,11 +163,14 @@ async def transcribe_job(job_id: int, runtime: Runtime = TaskiqDepends()) -> Non
     """The task: transcribe one job and deliver it exactly once; safe to run again."""
     current = asyncio.current_task()
     assert current is not None
-    runtime.running.add(current)
+    runtime.waiting.add(current)
     try:
         async with runtime.slots:
+            runtime.waiting.discard(current)
+            runtime.running.add(current)
             await _run(runtime, job_id)
     finally:
+        runtime.waiting.discard(current)
         runtime.running.discard(current)
 
 
@@ -360,18 +365,14 @@ async def _fail(runtime: Runtime, job: Job, error: BaseException) -> None:
             error_text=str(error)[:2000],
         )
         await session.commit()
-    bot = runtime.bot
     try:
-        if job.status_message_id is not None:
-            message_id = job.status_message_id
-            await with_retries(
-                lambda: edit_text(bot, chat_id=job.chat_id, message_id=message_id, text=message)
-            )
-        else:
-            reply = ReplyParameters(message_id=job.message_id, allow_sending_without_reply=True)
-            await with_retries(
-                lambda: bot.send_message(job.chat_id, message, reply_parameters=reply)
-            )
+        await put_status(
+            runtime.bot,
+            chat_id=job.chat_id,
+            status_message_id=job.status_message_id,
+            reply_to=job.message_id,
+            text=message,
+        )
     except TelegramAPIError as notify_error:
         log.warning("failure_not_told", job_id=job.id, error=str(notify_error))
 

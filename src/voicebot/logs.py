@@ -41,5 +41,6 @@ def setup_logging(level: str = "INFO", fmt: str = "console") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # faster-whisper logs every file at INFO; keep it for debugging only.
-    logging.getLogger("faster_whisper").setLevel(max(root.level, logging.WARNING))
+    # faster-whisper logs every file and Alembic every start at INFO; keep them for debugging.
+    for chatty in ("faster_whisper", "alembic"):
+        logging.getLogger(chatty).setLevel(max(root.level, logging.WARNING))

@@ -47,22 +47,34 @@ def build_bot(settings: Settings) -> Bot:
 async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM; then finish running jobs within the grace period."""
     bot = build_bot(settings)
-    await upgrade_async(settings.sqlalchemy_url)
-    database = build_db_engine(settings.sqlalchemy_url)
-    engine = await asyncio.to_thread(build_engine, settings)
-    runtime = Runtime(
-        settings=settings,
-        bot=bot,
-        sessions=build_sessions(database),
-        engine=engine,
-        model_name=settings.whisper_model,
-        slots=asyncio.Semaphore(settings.workers),
-    )
+    try:
+        me = await _check_token(bot, settings)
+        await upgrade_async(settings.sqlalchemy_url)
+        database = build_db_engine(settings.sqlalchemy_url)
+        try:
+            engine = await asyncio.to_thread(build_engine, settings)
+            runtime = Runtime(
+                settings=settings,
+                bot=bot,
+                sessions=build_sessions(database),
+                engine=engine,
+                model_name=settings.whisper_model,
+                slots=asyncio.Semaphore(settings.workers),
+            )
+            await _poll(runtime, me)
+        finally:
+            await database.dispose()
+    finally:
+        await bot.session.close()
+    log.info("stopped")
+
+
+async def _poll(runtime: Runtime, me: User) -> None:
+    settings, bot = runtime.settings, runtime.bot
     broker = build_broker(runtime)
     dispatcher = build_dispatcher(runtime)
     await broker.startup()
     try:
-        me = await _check_token(bot, settings)
         log.info(
             "bot_started",
             username=me.username,
@@ -76,14 +88,14 @@ async def serve(settings: Settings) -> None:
         await recover(runtime)
         await dispatcher.start_polling(bot, handle_signals=True, close_bot_session=False)
         log.info(
-            "shutting_down", running=len(runtime.running), grace=settings.shutdown_grace_seconds
+            "shutting_down",
+            running=len(runtime.running),
+            waiting=len(runtime.waiting),
+            grace=settings.shutdown_grace_seconds,
         )
         await _drain(runtime, settings.shutdown_grace_seconds)
     finally:
         await broker.shutdown()
-        await bot.session.close()
-        await database.dispose()
-    log.info("stopped")
 
 
 async def _check_token(bot: Bot, settings: Settings) -> User:
@@ -102,11 +114,14 @@ async def _check_token(bot: Bot, settings: Settings) -> User:
 
 async def _drain(runtime: Runtime, grace: float) -> None:
     """Let running jobs finish for `grace` seconds; the rest stay recorded for the next start."""
+    waiting = set(runtime.waiting)
+    for task in waiting:
+        task.cancel()
     pending = set(runtime.running)
     if pending:
         _, pending = await asyncio.wait(pending, timeout=grace)
     for task in pending:
         task.cancel()
-    for task in pending:
+    for task in pending | waiting:
         with contextlib.suppress(asyncio.CancelledError):
             await task

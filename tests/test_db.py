@@ -1,0 +1,210 @@
+"""The database: Alembic migrations, SQLite settings, and the query helpers, on a real file."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from voicebot.db import Sessions, build_engine, build_sessions, upgrade, upgrade_async
+from voicebot.models import (
+    Chat,
+    Job,
+    JobStatus,
+    User,
+    count_ahead,
+    find_job,
+    set_job,
+    unfinished_job_ids,
+    upsert_user_and_chat,
+)
+
+TABLES = {"users", "chats", "jobs", "transcripts", "usage", "quotas", "alembic_version"}
+
+
+def url_for(path: Path) -> str:
+    """The SQLAlchemy URL of a SQLite file."""
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def query(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Run one statement with the standard library (committed), return its rows."""
+    with closing(sqlite3.connect(path)) as connection, connection:
+        return connection.execute(sql).fetchall()
+
+
+def tables(path: Path) -> set[str]:
+    """Table names in the file."""
+    return {name for (name,) in query(path, "SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def version(path: Path) -> list[str]:
+    """Rows of alembic_version."""
+    return [v for (v,) in query(path, "SELECT version_num FROM alembic_version")]
+
+
+def test_upgrade_creates_the_schema(tmp_path: Path) -> None:
+    """One upgrade creates every table and records revision 0001."""
+    path = tmp_path / "sub" / "voicebot.db"
+    path.parent.mkdir()
+    upgrade(url_for(path))
+    assert tables(path) == TABLES
+    assert version(path) == ["0001"]
+    columns = {row[1] for row in query(path, "PRAGMA table_info(jobs)")}
+    assert {"chat_id", "message_id", "status", "delivered_parts", "transcript_id"} <= columns
+
+
+def test_upgrade_twice_is_harmless(tmp_path: Path) -> None:
+    """A second upgrade changes nothing and keeps the data."""
+    path = tmp_path / "voicebot.db"
+    upgrade(url_for(path))
+    query(
+        path,
+        "INSERT INTO users (id, first_name, created_at, last_seen_at) "
+        "VALUES (7, 'Ann', '2024-01-01 00:00:00', '2024-01-01 00:00:00')",
+    )
+    upgrade(url_for(path))
+    assert tables(path) == TABLES
+    assert version(path) == ["0001"]
+    assert query(path, "SELECT id, first_name FROM users") == [(7, "Ann")]
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
+    """Sessions over a migrated SQLite file (created in a missing directory, as on first run)."""
+    url = url_for(tmp_path / "data" / "voicebot.db")
+    await upgrade_async(url)
+    engine = build_engine(url)
+    yield build_sessions(engine)
+    await engine.dispose()
+
+
+async def test_sqlite_connections_use_wal_and_foreign_keys(sessions: Sessions) -> None:
+    """Every connection gets WAL, enforced foreign keys and a busy timeout."""
+    async with sessions() as session:
+        connection = await session.connection()
+
+        async def pragma(name: str) -> object:
+            return (await connection.exec_driver_sql(f"PRAGMA {name}")).scalar()
+
+        assert await pragma("journal_mode") == "wal"
+        assert await pragma("foreign_keys") == 1
+        assert await pragma("busy_timeout") == 10000
+
+
+async def test_foreign_keys_are_enforced(sessions: Sessions) -> None:
+    """A job for an unknown user and chat is refused."""
+    async with sessions() as session:
+        session.add(job(chat_id=1, user_id=1, message_id=1))
+        with pytest.raises(IntegrityError):
+            await session.commit()
+
+
+async def add_user(
+    sessions: Sessions, user_id: int, first_name: str = "Ann", chat_title: str | None = None
+) -> None:
+    """Record a user and their private chat (same id)."""
+    async with sessions() as session:
+        await upsert_user_and_chat(
+            session,
+            user_id=user_id,
+            first_name=first_name,
+            username=None,
+            language_code="en",
+            chat_id=user_id,
+            chat_type="private",
+            chat_title=chat_title,
+        )
+        await session.commit()
+
+
+def job(
+    *, chat_id: int, user_id: int, message_id: int, status: JobStatus = JobStatus.queued
+) -> Job:
+    """A voice job, not yet added to a session."""
+    return Job(
+        chat_id=chat_id,
+        user_id=user_id,
+        message_id=message_id,
+        kind="voice",
+        file_id=f"file-{chat_id}-{message_id}",
+        file_unique_id=f"unique-{chat_id}-{message_id}",
+        status=status,
+    )
+
+
+async def test_upsert_user_and_chat_is_idempotent(sessions: Sessions) -> None:
+    """Seeing a user again updates their profile and chat title, never duplicates them."""
+    await add_user(sessions, 10, "Ann", chat_title="old")
+    async with sessions() as session:
+        first = await session.get(User, 10)
+        assert first is not None
+        created = first.created_at
+    await add_user(sessions, 10, "Annie", chat_title="new")
+    await add_user(sessions, 10, "Annie", chat_title="new")
+    async with sessions() as session:
+        users = (await session.execute(select(User))).scalars().all()
+        chats = (await session.execute(select(Chat))).scalars().all()
+    assert [(u.id, u.first_name) for u in users] == [(10, "Annie")]
+    assert users[0].created_at == created
+    assert users[0].last_seen_at >= created
+    assert [(c.id, c.title) for c in chats] == [(10, "new")]
+
+
+async def test_a_message_is_one_job_only(sessions: Sessions) -> None:
+    """(chat_id, message_id) is unique; the same message_id in another chat is fine."""
+    await add_user(sessions, 10)
+    await add_user(sessions, 11)
+    async with sessions() as session:
+        session.add(job(chat_id=10, user_id=10, message_id=5))
+        await session.commit()
+    async with sessions() as session:
+        session.add(job(chat_id=10, user_id=10, message_id=5))
+        with pytest.raises(IntegrityError):
+            await session.commit()
+    async with sessions() as session:
+        session.add(job(chat_id=11, user_id=11, message_id=5))
+        await session.commit()
+        count = (await session.execute(select(func.count()).select_from(Job))).scalar_one()
+        found = await find_job(session, chat_id=10, message_id=5)
+        missing = await find_job(session, chat_id=10, message_id=6)
+    assert count == 2
+    assert found is not None
+    assert (found.chat_id, found.message_id) == (10, 5)
+    assert missing is None
+
+
+async def test_queue_queries(sessions: Sessions) -> None:
+    """count_ahead and unfinished_job_ids see only jobs not answered yet."""
+    await add_user(sessions, 10)
+    statuses = [
+        JobStatus.queued,
+        JobStatus.running,
+        JobStatus.done,
+        JobStatus.failed,
+        JobStatus.transcribed,
+        JobStatus.queued,
+    ]
+    async with sessions() as session:
+        jobs = [
+            job(chat_id=10, user_id=10, message_id=n, status=status)
+            for n, status in enumerate(statuses, 1)
+        ]
+        session.add_all(jobs)
+        await session.commit()
+        ids = [j.id for j in jobs]
+        assert ids == sorted(ids)
+        assert await unfinished_job_ids(session) == [ids[0], ids[1], ids[4], ids[5]]
+        ahead = [await count_ahead(session, job_id=i) for i in ids]
+        assert ahead == [0, 1, 2, 2, 2, 3]
+
+        await set_job(session, job_id=ids[0], status=JobStatus.done)
+        await session.commit()
+        assert await unfinished_job_ids(session) == [ids[1], ids[4], ids[5]]
+        assert await count_ahead(session, job_id=ids[5]) == 2
