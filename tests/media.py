@@ -39,6 +39,20 @@ def encode_audio(
     return buffer.getvalue()
 
 
+LONG_SPEECH_CLIPS = (
+    "jfk.flac",
+    "ljspeech_LJ001-0001.wav",
+    "ljspeech_LJ001-0003.wav",
+    "librispeech_2412-153948-0000.flac",
+    "ljspeech_LJ001-0005.wav",
+)
+
+
+def long_speech(corpus: Path) -> np.ndarray:
+    """About 50 s of real English speech (two 30 s windows, many segments), 16 kHz float32."""
+    return np.concatenate([decode(corpus / "en" / c, max_seconds=60) for c in LONG_SPEECH_CLIPS])
+
+
 def voice_note(path: Path) -> bytes:
     """OGG/Opus bytes of a corpus clip, as Telegram stores a voice message."""
     return encode_audio(decode(path.read_bytes(), max_seconds=3600))

@@ -13,7 +13,15 @@ from voicebot.audio import decode
 
 from .botproc import BotProcess
 from .fakes import FakeBotAPI, SentMessage
-from .media import encode_audio, png, silence, video_with_sound, video_without_sound, voice_note
+from .media import (
+    encode_audio,
+    long_speech,
+    png,
+    silence,
+    video_with_sound,
+    video_without_sound,
+    voice_note,
+)
 
 USER = 1001
 
@@ -161,14 +169,7 @@ async def test_persistent_failure_is_told_and_the_bot_goes_on(
 async def test_sigkill_mid_job_then_restart_gives_exactly_one_transcript(
     api: FakeBotAPI, tmp_path: Path, model_cache: Path, corpus: Path
 ) -> None:
-    clips = [
-        "jfk.flac",
-        "ljspeech_LJ001-0001.wav",
-        "ljspeech_LJ001-0003.wav",
-        "librispeech_2412-153948-0000.flac",
-        "ljspeech_LJ001-0005.wav",
-    ]
-    speech = np.concatenate([decode(corpus / "en" / c, max_seconds=60) for c in clips])
+    speech = long_speech(corpus)
     first = BotProcess(api, tmp_path, model_cache)
     await first.start()
     sent = api.send_voice(USER, encode_audio(speech), duration=int(len(speech) / 16000))

@@ -11,12 +11,11 @@ import jiwer
 import numpy as np
 import pytest
 
-from voicebot.audio import decode
 from voicebot.engine import Engine
 from voicebot.errors import TranscriptionCancelledError, TranscriptionTimeoutError
 from voicebot.formats import Format, render
 
-from .media import encode_audio
+from .media import encode_audio, long_speech, video_with_sound
 
 
 def _words(text: str) -> str:
@@ -85,15 +84,8 @@ def test_english_only_model(tiny_engine: Engine, corpus: Path) -> None:
 
 @pytest.fixture(scope="module")
 def long_audio(corpus: Path) -> np.ndarray:
-    """About 45 s of real speech: several 30 s windows and many segments."""
-    clips = [
-        "jfk.flac",
-        "ljspeech_LJ001-0001.wav",
-        "ljspeech_LJ001-0003.wav",
-        "librispeech_2412-153948-0000.flac",
-        "ljspeech_LJ001-0005.wav",
-    ]
-    return np.concatenate([decode(corpus / "en" / c, max_seconds=60) for c in clips])
+    """About 50 s of real speech: several 30 s windows and many segments."""
+    return long_speech(corpus)
 
 
 def test_progress_reaches_total(tiny_engine: Engine, long_audio: np.ndarray) -> None:
@@ -161,8 +153,6 @@ async def test_async_cancel_stops_the_thread(tiny_engine: Engine, long_audio: np
 
 
 def test_video_note_container(tiny_engine: Engine, corpus: Path) -> None:
-    from .media import video_with_sound
-
     data = video_with_sound(corpus / "en" / "librispeech_alif_another_engineer.wav")
     transcript = tiny_engine.transcribe(data)
     assert "another engineer" in _words(transcript.text)

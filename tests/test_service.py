@@ -13,23 +13,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import closing
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from voicebot.audio import decode
 
 from .botproc import BotProcess
 from .fakes import FakeBotAPI, SentMessage
-from .media import encode_audio
+from .media import encode_audio, long_speech
 
 USER = 3003
-CLIPS = [
-    "jfk.flac",
-    "ljspeech_LJ001-0001.wav",
-    "ljspeech_LJ001-0003.wav",
-    "librispeech_2412-153948-0000.flac",
-    "ljspeech_LJ001-0005.wav",
-]
 PROGRESS = re.compile(r"Transcribing… \d+% \(\d+:\d\d elapsed\)")
 
 
@@ -110,7 +100,7 @@ async def spawn(api: FakeBotAPI, tmp_path: Path, model_cache: Path) -> AsyncIter
 @pytest.fixture(scope="module")
 def long_voice(corpus: Path) -> tuple[bytes, int]:
     """About 45 s of speech as an OGG/Opus voice note, and its duration in seconds."""
-    speech = np.concatenate([decode(corpus / "en" / c, max_seconds=60) for c in CLIPS])
+    speech = long_speech(corpus)
     return encode_audio(speech), int(len(speech) / 16000)
 
 

@@ -21,7 +21,6 @@ from voicebot import texts
 from voicebot.config import Settings
 from voicebot.db import Sessions
 from voicebot.delivery import (
-    TRANSIENT,
     deliver,
     put_status,
     split_text,
@@ -195,7 +194,7 @@ async def _run(runtime: Runtime, job_id: int) -> None:
             await session.commit()
         bound.info("job_postponed")
         raise
-    except (VoicebotError, *TRANSIENT, TelegramAPIError) as error:
+    except (VoicebotError, TelegramAPIError) as error:
         await _fail(runtime, job, error)
     except Exception as error:  # noqa: BLE001 - the job's one handler: log, tell, keep serving
         bound.exception("job_crashed")
