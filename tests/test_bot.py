@@ -227,3 +227,24 @@ async def test_burst_from_five_users(
     assert max(positions) >= 10
     # A place can repeat: a job may finish between two arrivals and move the line up.
     assert all(1 <= p <= 19 for p in positions)
+
+
+async def test_local_bot_api_server_mode(
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, corpus: Path
+) -> None:
+    """With TELEGRAM_LOCAL_MODE the file is read from the server's local path, past 20 MB."""
+    local = tmp_path / "telegram-bot-api" / "voice" / "file_1.oga"
+    local.parent.mkdir(parents=True)
+    data = voice_note(corpus / "en" / "librispeech_alif_another_door.wav")
+    local.write_bytes(data)
+    file_id, unique_id = api.add_file(data, file_path=str(local))
+    process = BotProcess(
+        api, tmp_path, model_cache, WHISPER_MODEL="tiny.en", TELEGRAM_LOCAL_MODE="true"
+    )
+    await process.start()
+    sent = api.send_voice_ref(
+        USER, file_id=file_id, file_unique_id=unique_id, file_size=25 * 1024 * 1024, duration=4
+    )
+    await answer(api, sent, contains="another door")
+    assert await process.stop() == 0
+    assert api.calls_of("downloadFile") == []

@@ -46,6 +46,10 @@ class FileTooLargeError(BadAudioError):
     """The file is larger than the Bot API lets the bot download."""
 
 
+class FileUnavailableError(BadAudioError):
+    """Telegram would not hand over the file (expired or invalid file_id)."""
+
+
 class TranscriptionCancelledError(VoicebotError):
     """The transcription was cancelled before it finished."""
 

@@ -32,7 +32,7 @@ from voicebot.engine import Transcript as EngineTranscript
 from voicebot.errors import (
     BadAudioError,
     FileTooLargeError,
-    NotAudioError,
+    FileUnavailableError,
     TranscriptionCancelledError,
     VoicebotError,
 )
@@ -288,9 +288,9 @@ async def _download(runtime: Runtime, job: Job) -> bytes:
     except TelegramBadRequest as error:
         if "too big" in error.message:
             raise FileTooLargeError(texts.too_large(limit)) from error
-        raise NotAudioError(texts.UNAVAILABLE) from error
+        raise FileUnavailableError(texts.UNAVAILABLE) from error
     if file.file_path is None:
-        raise NotAudioError(texts.UNAVAILABLE)
+        raise FileUnavailableError(texts.UNAVAILABLE)
     if settings.telegram_local_mode and Path(file.file_path).is_absolute():
         return await asyncio.to_thread(Path(file.file_path).read_bytes)
     path = file.file_path
@@ -382,7 +382,6 @@ class _Progress:
     def __init__(self, runtime: Runtime, job: Job) -> None:
         self.runtime = runtime
         self.job = job
-        self.loop = asyncio.get_running_loop()
         self.started = time.monotonic()
         self.fraction = 0.0
         self.shown = 0.0
