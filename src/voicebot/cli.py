@@ -64,7 +64,9 @@ def run() -> None:
 
 @app.command()
 def transcribe(
-    files: Annotated[list[Path], typer.Argument(help="Audio or video files.", show_default=False)],
+    files: Annotated[
+        list[Path], typer.Argument(help="Audio or video files.", show_default=False, metavar="FILE")
+    ],
     language: Annotated[
         str | None,
         typer.Option("--language", "-l", help="Language code, e.g. en; default: detect."),
