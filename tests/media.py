@@ -7,6 +7,7 @@ import struct
 import zlib
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -20,23 +21,31 @@ def encode_audio(
     """Encode 16 kHz mono float32 samples into a container, like a phone's voice note."""
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=container) as out:
-        stream = out.add_stream(codec, rate=rate)
-        stream.layout = "mono"  # type: ignore[union-attr]
-        frame = av.AudioFrame.from_ndarray(
-            (np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1),
-            format="s16",
-            layout="mono",
-        )
-        frame.sample_rate = 16000
-        frame.pts = 0
-        frame.time_base = Fraction(1, 16000)
-        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=rate)  # type: ignore[union-attr]
-        for resampled in [*resampler.resample(frame), *resampler.resample(None)]:
-            for packet in stream.encode(resampled):  # type: ignore[union-attr]
-                out.mux(packet)
-        for packet in stream.encode(None):  # type: ignore[union-attr]
-            out.mux(packet)
+        _write_audio(out, _audio_stream(out, codec=codec, rate=rate), samples)
     return buffer.getvalue()
+
+
+def _audio_stream(out: Any, *, codec: str, rate: int) -> Any:
+    """A mono audio stream on an open output (streams must exist before muxing starts)."""
+    stream = out.add_stream(codec, rate=rate)
+    stream.layout = "mono"
+    return stream
+
+
+def _write_audio(out: Any, stream: Any, samples: np.ndarray) -> None:
+    """Encode 16 kHz float32 `samples` into `stream`."""
+    frame = av.AudioFrame.from_ndarray(
+        (np.clip(samples, -1, 1) * 32767).astype(np.int16).reshape(1, -1),
+        format="s16",
+        layout="mono",
+    )
+    frame.sample_rate, frame.pts, frame.time_base = 16000, 0, Fraction(1, 16000)
+    resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=stream.rate)
+    for resampled in [*resampler.resample(frame), *resampler.resample(None)]:
+        for packet in stream.encode(resampled):
+            out.mux(packet)
+    for packet in stream.encode(None):
+        out.mux(packet)
 
 
 LONG_SPEECH_CLIPS = (
@@ -88,8 +97,7 @@ def video_with_sound(path: Path) -> bytes:
     with av.open(buffer, mode="w", format="mp4") as out:
         video = out.add_stream("mpeg4", rate=5)
         video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"  # type: ignore[union-attr]
-        audio = out.add_stream("aac", rate=48000)
-        audio.layout = "mono"  # type: ignore[union-attr]
+        audio = _audio_stream(out, codec="aac", rate=48000)
         for index in range(int(len(samples) / 16000 * 5)):
             frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
             frame.pts = index
@@ -97,16 +105,7 @@ def video_with_sound(path: Path) -> bytes:
                 out.mux(packet)
         for packet in video.encode(None):  # type: ignore[union-attr]
             out.mux(packet)
-        sound = av.AudioFrame.from_ndarray(
-            (samples * 32767).astype(np.int16).reshape(1, -1), format="s16", layout="mono"
-        )
-        sound.sample_rate, sound.pts, sound.time_base = 16000, 0, Fraction(1, 16000)
-        resampler = av.AudioResampler(format="fltp", layout="mono", rate=48000)
-        for resampled in [*resampler.resample(sound), *resampler.resample(None)]:
-            for packet in audio.encode(resampled):  # type: ignore[union-attr]
-                out.mux(packet)
-        for packet in audio.encode(None):  # type: ignore[union-attr]
-            out.mux(packet)
+        _write_audio(out, audio, samples)
     return buffer.getvalue()
 
 
