@@ -147,9 +147,9 @@ async def test_async_cancel_stops_the_thread(tiny_engine: Engine, long_audio: np
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    # The model is free again: the lock is not held by a runaway thread.
-    assert tiny_engine._lock.acquire(timeout=1)
-    tiny_engine._lock.release()
+    # The model is free again: no slot is held by a runaway thread.
+    assert tiny_engine._slots.acquire(timeout=1)
+    tiny_engine._slots.release()
 
 
 def test_video_note_container(tiny_engine: Engine, corpus: Path) -> None:

@@ -8,8 +8,12 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.ext.asyncio import AsyncSession as AsyncSession
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -54,8 +58,5 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 async def upgrade_async(url: str) -> None:
     """Apply all migrations without blocking the event loop."""
-    if make_url(url).get_backend_name() == "sqlite":
-        database = make_url(url).database
-        if database:
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+    # The migrations' env.py connects through build_engine, which creates the SQLite folder.
     await asyncio.to_thread(upgrade, url)

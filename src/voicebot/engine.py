@@ -65,7 +65,7 @@ class Engine:
         self.model = model
         self.options = options
         # One transcription per CTranslate2 worker (WORKERS); more would only queue inside it.
-        self._lock = threading.BoundedSemaphore(options.workers)
+        self._slots = threading.BoundedSemaphore(options.workers)
 
     @property
     def multilingual(self) -> bool:
@@ -88,7 +88,7 @@ class Engine:
             if isinstance(source, np.ndarray)
             else decode(source, max_seconds=self.options.max_audio_seconds)
         )
-        with self._lock:
+        with self._slots:
             return self._transcribe(
                 audio,
                 language=language,

@@ -50,10 +50,11 @@ def _text(transcript: Transcript) -> str:
 
 def _timestamps(transcript: Transcript) -> str:
     long = transcript.duration >= 3600
-    return "".join(
-        f"[{clock(s.start, hours=long)[: 8 if long else 5]}] {s.text.strip()}\n"
-        for s in transcript.segments
-    )
+
+    def stamp(seconds: float) -> str:
+        return clock(seconds)[:8] if long else clock(seconds, hours=False)
+
+    return "".join(f"[{stamp(s.start)}] {s.text.strip()}\n" for s in transcript.segments)
 
 
 def _srt(transcript: Transcript) -> str:

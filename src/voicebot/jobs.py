@@ -73,7 +73,6 @@ class Runtime:
     bot: Bot
     sessions: Sessions
     engine: Engine
-    model_name: str
     slots: asyncio.Semaphore
     #: Jobs waiting for a slot, and jobs holding one: shutdown treats them differently.
     waiting: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -241,7 +240,7 @@ async def _transcribe(runtime: Runtime, job: Job) -> None:
         await progress.stop()
     del data  # the audio is not kept after its job
     async with runtime.sessions() as session:
-        stored = _stored(result, job=job, model=runtime.model_name)
+        stored = _stored(result, job=job, model=runtime.settings.whisper_model)
         session.add(stored)
         await session.flush()
         job.transcript_id = stored.id

@@ -58,7 +58,6 @@ async def serve(settings: Settings) -> None:
                 bot=bot,
                 sessions=build_sessions(database),
                 engine=engine,
-                model_name=settings.whisper_model,
                 slots=asyncio.Semaphore(settings.workers),
             )
             await _poll(runtime, me)
