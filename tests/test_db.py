@@ -50,14 +50,38 @@ def version(path: Path) -> list[str]:
 
 
 def test_upgrade_creates_the_schema(tmp_path: Path) -> None:
-    """One upgrade creates every table and records revision 0001."""
+    """One upgrade creates every table and records the newest revision."""
     path = tmp_path / "sub" / "voicebot.db"
     path.parent.mkdir()
     upgrade(url_for(path))
     assert tables(path) == TABLES
-    assert version(path) == ["0001"]
+    assert version(path) == ["0002"]
     columns = {row[1] for row in query(path, "PRAGMA table_info(jobs)")}
     assert {"chat_id", "message_id", "status", "delivered_parts", "transcript_id"} <= columns
+    assert "status_requested_at" in columns
+
+
+def test_upgrade_from_the_first_revision_keeps_jobs(tmp_path: Path) -> None:
+    """A database made by 0001 gains status_requested_at (empty) and keeps its jobs."""
+    path = tmp_path / "voicebot.db"
+    upgrade(url_for(path), "0001")
+    query(
+        path,
+        "INSERT INTO users (id, first_name, created_at, last_seen_at) "
+        "VALUES (7, 'Ann', '2024-01-01 00:00:00', '2024-01-01 00:00:00')",
+    )
+    query(path, "INSERT INTO chats (id, type, created_at) VALUES (7, 'private', '2024-01-01')")
+    query(
+        path,
+        "INSERT INTO jobs (chat_id, user_id, message_id, kind, file_id, file_unique_id, status,"
+        " attempts, delivered_parts, created_at)"
+        " VALUES (7, 7, 3, 'voice', 'f', 'u', 'queued', 0, 0, '2024-01-01')",
+    )
+    upgrade(url_for(path))
+    assert version(path) == ["0002"]
+    assert query(path, "SELECT message_id, status, status_requested_at FROM jobs") == [
+        (3, "queued", None)
+    ]
 
 
 def test_upgrade_twice_is_harmless(tmp_path: Path) -> None:
@@ -71,7 +95,7 @@ def test_upgrade_twice_is_harmless(tmp_path: Path) -> None:
     )
     upgrade(url_for(path))
     assert tables(path) == TABLES
-    assert version(path) == ["0001"]
+    assert version(path) == ["0002"]
     assert query(path, "SELECT id, first_name FROM users") == [(7, "Ann")]
 
 

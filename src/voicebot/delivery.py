@@ -60,7 +60,11 @@ def backoff(attempt: int) -> float:
 
 
 async def with_retries(call: Callable[[], Awaitable[T]], *, retries: int = 2) -> T:
-    """Run `call`, retrying Telegram's transient failures; 429 waits its retry_after."""
+    """Run `call`, retrying Telegram's transient failures; 429 waits its retry_after.
+
+    A network error can hide a request Telegram carried out, so retrying a send may show the
+    message twice; edits are idempotent. Telegram offers no way to tell the two apart.
+    """
     attempt = 0
     while True:
         try:
@@ -147,6 +151,11 @@ async def deliver(
     Part 0 replaces the status message (an idempotent edit); the rest are new messages.
     The status message id passed to `on_part_sent` may change if the user deleted it.
     """
+    # A window that cannot be closed: a new message (a later part, the file, or part 0 when
+    # there is no status message) that reached Telegram just before the process died is sent
+    # again on the next start, because sendMessage has no idempotency key and the Bot API
+    # cannot list a chat's messages. `on_part_sent` commits right after each send to keep the
+    # window to one round-trip's answer; edits of the status message are not affected.
     reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
     total = len(parts) + (1 if document else 0)
     for index in range(done, total):

@@ -1,4 +1,4 @@
-"""Jobs: accept a message as a job record, run it as a taskiq task, recover after a restart."""
+"""Jobs: acknowledge a recorded job, run it as a taskiq task, recover after a restart."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import asyncio
 import io
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
-from aiogram.types import Message
-from sqlalchemy.exc import IntegrityError
+from aiogram.types import ReplyParameters
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqDepends
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
@@ -37,32 +37,18 @@ from voicebot.errors import (
     VoicebotError,
 )
 from voicebot.models import (
+    ACTIVE,
     Job,
     JobStatus,
     Transcript,
     Usage,
     count_ahead,
-    find_job,
     set_job,
     unfinished_job_ids,
-    upsert_user_and_chat,
     utcnow,
 )
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Media:
-    """The file part of a message the bot will transcribe."""
-
-    kind: str
-    file_id: str
-    file_unique_id: str
-    file_size: int | None
-    duration: float | None
-    file_name: str | None = None
-    mime_type: str | None = None
 
 
 @dataclass
@@ -78,6 +64,8 @@ class Runtime:
     waiting: set[asyncio.Task[Any]] = field(default_factory=set)
     running: set[asyncio.Task[Any]] = field(default_factory=set)
     task: AsyncTaskiqDecoratedTask[..., Any] | None = None
+    #: Status replies in flight at once: a backlog of jobs must not open a connection each.
+    replies: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
 
     async def kick(self, job_id: int) -> None:
         """Queue job `job_id` on the broker."""
@@ -93,57 +81,39 @@ def build_broker(runtime: Runtime) -> AsyncBroker:
     return broker
 
 
-async def submit(runtime: Runtime, message: Message, media: Media) -> None:
-    """Record the message as a job, tell the user where it stands, and queue it."""
-    assert message.from_user is not None
-    user, chat = message.from_user, message.chat
+async def acknowledge(runtime: Runtime, job_id: int) -> None:
+    """Reply to the job's message with its place in line, once: never a second time."""
+    async with runtime.replies:
+        await _acknowledge(runtime, job_id)
+
+
+async def _acknowledge(runtime: Runtime, job_id: int) -> None:
     async with runtime.sessions() as session:
-        if await find_job(session, chat_id=chat.id, message_id=message.message_id):
-            log.info("duplicate_update", chat_id=chat.id, message_id=message.message_id)
+        job = await session.get(Job, job_id)
+        if job is None or job.status not in ACTIVE or job.status_message_id is not None:
             return
-        await upsert_user_and_chat(
-            session,
-            user_id=user.id,
-            first_name=user.first_name,
-            username=user.username,
-            language_code=user.language_code,
-            chat_id=chat.id,
-            chat_type=chat.type,
-            chat_title=chat.title,
-        )
-        job = Job(
-            chat_id=chat.id,
-            user_id=user.id,
-            message_id=message.message_id,
-            kind=media.kind,
-            file_id=media.file_id,
-            file_unique_id=media.file_unique_id,
-            file_size=media.file_size,
-            file_name=media.file_name,
-            mime_type=media.mime_type,
-            duration=media.duration,
-            status=JobStatus.queued,
-        )
-        session.add(job)
-        try:
-            await session.commit()
-        except IntegrityError:
-            log.info("duplicate_update", chat_id=chat.id, message_id=message.message_id)
+        if job.status_requested_at is not None:
+            # The one window that stays open: the reply may have reached Telegram just before
+            # the process died, and sendMessage cannot be asked whether it did. Not sending
+            # another keeps it to at most one stray status; the transcript becomes a new reply.
+            log.warning("status_reply_in_doubt", job_id=job_id, chat_id=job.chat_id)
             return
-        ahead = await count_ahead(session, job_id=job.id)
-    log.info("job_accepted", job_id=job.id, kind=media.kind, duration=media.duration, ahead=ahead)
+        ahead = await count_ahead(session, job_id=job_id)
+        await set_job(session, job_id=job_id, status_requested_at=utcnow())
+        await session.commit()
+    reply = ReplyParameters(message_id=job.message_id, allow_sending_without_reply=True)
+    text = texts.queued(ahead, runtime.settings.workers)
     try:
         status = await with_retries(
-            lambda: message.reply(texts.queued(ahead, runtime.settings.workers))
+            partial(runtime.bot.send_message, job.chat_id, text, reply_parameters=reply)
         )
     except TelegramAPIError as error:
         # The job is recorded: it still runs, and its result becomes a reply of its own.
-        log.warning("status_not_sent", job_id=job.id, error=str(error))
-    else:
-        async with runtime.sessions() as session:
-            await set_job(session, job_id=job.id, status_message_id=status.message_id)
-            await session.commit()
-    await runtime.kick(job.id)
+        log.warning("status_not_sent", job_id=job_id, error=str(error))
+        return
+    async with runtime.sessions() as session:
+        await set_job(session, job_id=job_id, status_message_id=status.message_id)
+        await session.commit()
 
 
 async def recover(runtime: Runtime) -> int:
@@ -163,6 +133,7 @@ async def transcribe_job(job_id: int, runtime: Runtime = TaskiqDepends()) -> Non
     assert current is not None
     runtime.waiting.add(current)
     try:
+        await acknowledge(runtime, job_id)
         async with runtime.slots:
             runtime.waiting.discard(current)
             runtime.running.add(current)
@@ -178,6 +149,10 @@ async def _run(runtime: Runtime, job_id: int) -> None:
     if job is None or job.status in (JobStatus.done, JobStatus.failed):
         return
     bound = log.bind(job_id=job_id, chat_id=job.chat_id)
+    if job.error_text is not None:
+        # The failure was recorded but the process died before the user was told.
+        await _tell_failure(runtime, job, job.error_text)
+        return
     attempts = job.attempts
     try:
         if job.transcript_id is None:
@@ -343,7 +318,7 @@ async def _deliver(runtime: Runtime, job: Job) -> None:
 
 
 async def _fail(runtime: Runtime, job: Job, error: BaseException) -> None:
-    """Record the failure and tell the user why, in their status message."""
+    """Record the failure and what the user is told, then tell them in their status message."""
     permanent = isinstance(error, BadAudioError | _GaveUpError)
     message = str(error) if isinstance(error, VoicebotError) else texts.FAILED
     log.warning(
@@ -355,14 +330,14 @@ async def _fail(runtime: Runtime, job: Job, error: BaseException) -> None:
     )
     async with runtime.sessions() as session:
         await set_job(
-            session,
-            job_id=job.id,
-            status=JobStatus.failed,
-            finished_at=utcnow(),
-            error_code=error.__class__.__name__,
-            error_text=str(error)[:2000],
+            session, job_id=job.id, error_code=error.__class__.__name__, error_text=message
         )
         await session.commit()
+    await _tell_failure(runtime, job, message)
+
+
+async def _tell_failure(runtime: Runtime, job: Job, message: str) -> None:
+    """Show `message` in the status message (an idempotent edit), then mark the job failed."""
     try:
         await put_status(
             runtime.bot,
@@ -373,6 +348,9 @@ async def _fail(runtime: Runtime, job: Job, error: BaseException) -> None:
         )
     except TelegramAPIError as notify_error:
         log.warning("failure_not_told", job_id=job.id, error=str(notify_error))
+    async with runtime.sessions() as session:
+        await set_job(session, job_id=job.id, status=JobStatus.failed, finished_at=utcnow())
+        await session.commit()
 
 
 class _Progress:

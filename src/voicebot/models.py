@@ -107,6 +107,8 @@ class Job(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     message_id: Mapped[int]
     status_message_id: Mapped[int | None]
+    #: Set just before the status reply is sent: with no status_message_id, that reply is in doubt.
+    status_requested_at: Mapped[datetime | None]
     kind: Mapped[str] = mapped_column(String(16))
     file_id: Mapped[str] = mapped_column(String(256))
     file_unique_id: Mapped[str] = mapped_column(String(128))
@@ -121,6 +123,7 @@ class Job(Base):
     delivered_parts: Mapped[int] = mapped_column(Integer, default=0)
     transcript_id: Mapped[int | None] = mapped_column(ForeignKey("transcripts.id"))
     error_code: Mapped[str | None] = mapped_column(String(64))
+    #: What the user is told about the failure; set before telling them, `failed` after.
     error_text: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
@@ -162,7 +165,7 @@ async def upsert_user_and_chat(
 ) -> None:
     """Record the user and chat, refreshing what may have changed."""
     now = utcnow()
-    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    insert = _insert_for(session)
     await session.execute(
         insert(User)
         .values(
@@ -188,6 +191,24 @@ async def upsert_user_and_chat(
         .values(id=chat_id, type=chat_type, title=chat_title, created_at=now)
         .on_conflict_do_update(index_elements=[Chat.id], set_={"title": chat_title})
     )
+
+
+def _insert_for(session: AsyncSession) -> Any:
+    """The dialect's INSERT with ON CONFLICT support (PostgreSQL or SQLite)."""
+    return postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+async def insert_job(session: AsyncSession, **values: Any) -> int | None:
+    """Insert a job; return its id, or None when that (chat_id, message_id) already has one."""
+    found = await session.execute(
+        _insert_for(session)(Job)
+        .values(
+            status=JobStatus.queued, attempts=0, delivered_parts=0, created_at=utcnow(), **values
+        )
+        .on_conflict_do_nothing(index_elements=[Job.chat_id, Job.message_id])
+        .returning(Job.id)
+    )
+    return found.scalar_one_or_none()
 
 
 async def find_job(session: AsyncSession, *, chat_id: int, message_id: int) -> Job | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 
 import structlog
 from aiogram import Bot
@@ -20,6 +21,7 @@ from voicebot.db import build_sessions, upgrade_async
 from voicebot.engine import build_engine
 from voicebot.errors import ConfigError
 from voicebot.jobs import Runtime, build_broker, recover
+from voicebot.polling import poll
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +87,7 @@ async def _poll(runtime: Runtime, me: User) -> None:
             [BotCommand(command=name, description=text) for name, text in texts.COMMANDS.items()]
         )
         await recover(runtime)
-        await dispatcher.start_polling(bot, handle_signals=True, close_bot_session=False)
+        await poll(runtime, dispatcher, _stop_on_signals())
         log.info(
             "shutting_down",
             running=len(runtime.running),
@@ -95,6 +97,15 @@ async def _poll(runtime: Runtime, me: User) -> None:
         await _drain(runtime, settings.shutdown_grace_seconds)
     finally:
         await broker.shutdown()
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 async def _check_token(bot: Bot, settings: Settings) -> User:

@@ -7,7 +7,7 @@ import mimetypes
 from aiogram import F, Router
 from aiogram.types import Message
 
-from voicebot.jobs import Media, Runtime, submit
+from voicebot.intake import Intake, Media
 
 MEDIA_EXTENSIONS = {
     ".ogg",
@@ -44,11 +44,11 @@ def build_router() -> Router:
     return router
 
 
-async def on_media(message: Message, runtime: Runtime) -> None:
-    """Turn the message into a job."""
+async def on_media(message: Message, intake: Intake) -> None:
+    """Accept the message as a job; it is recorded with the rest of its batch."""
     media = media_of(message)
     assert media is not None  # the filter admits only messages that carry media
-    await submit(runtime, message, media)
+    intake.accept(message, media)
 
 
 def is_media_document(document: object) -> bool:

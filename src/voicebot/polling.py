@@ -1,0 +1,146 @@
+"""Long polling that confirms an update to Telegram only after its handling is committed.
+
+aiogram's own polling asks for the next batch (which confirms the previous one) as soon as the
+batch's handler tasks exist, so a process killed while they write loses those updates for good.
+Here each batch is fetched as plain JSON, parsed update by update (one that does not parse is
+logged and skipped, never retried forever), handled concurrently, and its jobs are committed in
+one transaction; only then does the next getUpdates carry the offset past it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import structlog
+from aiogram import Bot, Dispatcher
+from aiogram.exceptions import ClientDecodeError, TelegramAPIError
+from aiogram.methods import TelegramMethod
+from aiogram.types import Update
+from aiogram.utils.backoff import Backoff, BackoffConfig
+from pydantic import ValidationError
+
+from voicebot import texts
+from voicebot.intake import TRANSIENT_DB_ERRORS, Intake, record
+from voicebot.jobs import Runtime
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+
+POLL_TIMEOUT = 30
+"""Seconds Telegram holds a getUpdates call open while there is nothing new."""
+BACKOFF = BackoffConfig(min_delay=1.0, max_delay=30.0, factor=1.5, jitter=0.1)
+
+
+class GetRawUpdates(TelegramMethod[list[dict[str, Any]]]):
+    """getUpdates answered as plain JSON, so that one bad update cannot fail its batch."""
+
+    __returning__ = list[dict[str, Any]]
+    __api_method__ = "getUpdates"
+
+    offset: int | None = None
+    limit: int | None = None
+    timeout: int | None = None
+    allowed_updates: list[str] | None = None
+
+
+async def poll(
+    runtime: Runtime,
+    dispatcher: Dispatcher,
+    stop: asyncio.Event,
+    *,
+    poll_timeout: int = POLL_TIMEOUT,
+) -> None:
+    """Fetch, handle and record batches until `stop` is set, then confirm the last one."""
+    bot = runtime.bot
+    allowed = dispatcher.resolve_used_update_types()
+    # The HTTP request must outlive Telegram's long-poll hold, or every idle poll is an error.
+    request_timeout = int(bot.session.timeout + poll_timeout)
+    backoff = Backoff(BACKOFF)
+    offset: int | None = None
+    while not stop.is_set():
+        fetch = GetRawUpdates(offset=offset, timeout=poll_timeout, allowed_updates=allowed)
+        try:
+            batch = await _unless_stopped(bot(fetch, request_timeout=request_timeout), stop)
+            if batch is None:
+                break
+            if batch:
+                offset = await handle_batch(runtime, dispatcher, batch) or offset
+        except (TelegramAPIError, ClientDecodeError, *TRANSIENT_DB_ERRORS) as error:
+            # Nothing past `offset` was confirmed: the same updates come again after the pause.
+            delay = next(backoff)
+            log.warning("polling_failed", error=repr(error), retry_in=round(delay, 1))
+            await _unless_stopped(asyncio.sleep(delay), stop)
+            continue
+        backoff.reset()
+    if offset is not None:
+        await _confirm(bot, offset)
+
+
+async def handle_batch(runtime: Runtime, dispatcher: Dispatcher, batch: list[Any]) -> int | None:
+    """Handle one getUpdates batch and commit its jobs; return the offset that confirms it."""
+    bot = runtime.bot
+    update_ids = [
+        item["update_id"]
+        for item in batch
+        if isinstance(item, dict) and isinstance(item.get("update_id"), int)
+    ]
+    updates = [update for item in batch if (update := parse_update(item, bot)) is not None]
+    intake = Intake()
+    results = await asyncio.gather(
+        *(dispatcher.feed_update(bot, update, intake=intake) for update in updates),
+        return_exceptions=True,
+    )
+    for update, result in zip(updates, results, strict=True):
+        if isinstance(result, Exception):
+            # The error handler already answered; this is a failure inside it. Move on.
+            log.error("update_failed", update_id=update.update_id, error=repr(result))
+    recorded = await record(runtime.sessions, intake)
+    for message in recorded.refused:
+        try:
+            await message.reply(texts.FAILED)
+        except TelegramAPIError as error:
+            log.warning("refusal_not_told", chat_id=message.chat.id, error=str(error))
+    for job_id in recorded.job_ids:
+        await runtime.kick(job_id)
+    return max(update_ids) + 1 if update_ids else None
+
+
+def parse_update(item: Any, bot: Bot) -> Update | None:
+    """The update in `item`, or None (logged) when it does not parse."""
+    try:
+        return Update.model_validate(item, context={"bot": bot})
+    except ValidationError as error:
+        update_id = item.get("update_id") if isinstance(item, dict) else None
+        problems = [
+            f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
+            for problem in error.errors()[:5]
+        ]
+        log.error("update_unparseable", update_id=update_id, problems=problems)
+        return None
+
+
+async def _confirm(bot: Bot, offset: int) -> None:
+    """Tell Telegram that updates before `offset` are handled, so a restart does not get them."""
+    try:
+        # getUpdates confirms everything below `offset`; the one update it may return is not.
+        await bot(GetRawUpdates(offset=offset, limit=1, timeout=0))
+    except (TelegramAPIError, ClientDecodeError) as error:
+        log.warning("updates_not_confirmed", offset=offset, error=repr(error))
+
+
+async def _unless_stopped(call: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """The result of `call`, or None if `stop` is set first (then `call` is cancelled)."""
+    work = asyncio.ensure_future(call)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+    return None if work.cancelled() else work.result()
