@@ -28,3 +28,4 @@ format: sync
 
 bench: sync
 	$(UV) run python benchmarks/engine.py
+	$(UV) run python benchmarks/ingest.py

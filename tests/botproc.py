@@ -30,8 +30,8 @@ class BotProcess:
         self.process: asyncio.subprocess.Process | None = None
         self.log = workdir / "bot.log"
 
-    async def start(self, timeout: float = 120) -> None:
-        """Start the process and wait until it asks for updates."""
+    async def start(self, timeout: float = 120, *, wait: bool = True) -> None:
+        """Start the process, appending to `log`; with `wait`, return once it asks for updates."""
         polls = len(self.api.calls_of("getUpdates"))
         with self.log.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
@@ -44,6 +44,8 @@ class BotProcess:
                 stdout=log,
                 stderr=log,
             )
+        if not wait:
+            return
         await self.api.wait_for(
             lambda: len(self.api.calls_of("getUpdates")) > polls or self.exited, timeout
         )

@@ -64,8 +64,9 @@ class Runtime:
     waiting: set[asyncio.Task[Any]] = field(default_factory=set)
     running: set[asyncio.Task[Any]] = field(default_factory=set)
     task: AsyncTaskiqDecoratedTask[..., Any] | None = None
-    #: Status replies in flight at once: a backlog of jobs must not open a connection each.
-    replies: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(8))
+    #: Status replies in flight at once: within Telegram's rate, and at most this many in doubt
+    #: after a crash (see `acknowledge`).
+    replies: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
 
     async def kick(self, job_id: int) -> None:
         """Queue job `job_id` on the broker."""
