@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from voicebot.config import Settings
 from voicebot.engine import Engine, build_engine
+
+from .fakes import FakeBotAPI
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("CORPUS_DIR", ROOT.parent / "shared" / "corpus"))
@@ -45,3 +48,10 @@ def base_engine(model_cache: Path) -> Engine:
 def tiny_engine(model_cache: Path) -> Engine:
     """The bundled English-only `tiny.en` model: fast."""
     return build_engine(Settings(whisper_model="tiny.en", model_cache_dir=model_cache))
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeBotAPI]:
+    """A fresh fake Bot API server on 127.0.0.1, stopped after the test."""
+    async with FakeBotAPI() as fake:
+        yield fake

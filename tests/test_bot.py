@@ -27,12 +27,6 @@ USER = 1001
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[FakeBotAPI]:
-    async with FakeBotAPI() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def bot(api: FakeBotAPI, tmp_path: Path, model_cache: Path) -> AsyncIterator[BotProcess]:
     process = BotProcess(api, tmp_path, model_cache, MAX_AUDIO_SECONDS="30")
     await process.start()

@@ -27,7 +27,7 @@ import re
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -268,12 +268,6 @@ def in_doubt_job_ids(log: str) -> set[int]:
         if isinstance(entry, dict) and entry.get("event") == "status_reply_in_doubt":
             found.add(int(entry["job_id"]))
     return found
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeBotAPI]:
-    async with FakeBotAPI() as fake:
-        yield fake
 
 
 @pytest.mark.timeout(240)

@@ -104,12 +104,6 @@ def test_split_invariants_on_random_text(limit: int) -> None:
 
 # ----------------------------------------------------------------------------- deliver
 @pytest.fixture
-async def api() -> AsyncIterator[FakeBotAPI]:
-    async with FakeBotAPI() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def bot(api: FakeBotAPI) -> AsyncIterator[Bot]:
     session = AiohttpSession(api=TelegramAPIServer.from_base(api.url))
     real = Bot(api.token, session=session)

@@ -22,12 +22,6 @@ from aiogram.types import BotCommand, BufferedInputFile, ReplyParameters
 from .fakes import FakeBotAPI
 
 
-@pytest.fixture
-async def api() -> AsyncIterator[FakeBotAPI]:
-    async with FakeBotAPI() as fake:
-        yield fake
-
-
 def make_bot(api: FakeBotAPI, token: str | None = None) -> Bot:
     session = AiohttpSession(api=TelegramAPIServer.from_base(api.url))
     return Bot(token or api.token, session=session)

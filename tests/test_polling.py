@@ -25,12 +25,6 @@ CLIPS = {
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[FakeBotAPI]:
-    async with FakeBotAPI() as fake:
-        yield fake
-
-
-@pytest.fixture
 async def bot(api: FakeBotAPI, tmp_path: Path, model_cache: Path) -> AsyncIterator[BotProcess]:
     process = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en")
     await process.start()

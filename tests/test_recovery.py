@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator
 from contextlib import closing
 from pathlib import Path
-
-import pytest
 
 from voicebot import texts
 from voicebot.db import upgrade_async
@@ -19,12 +16,6 @@ from .test_polling import log_events
 
 USER = 5005
 PHRASE = "another door"
-
-
-@pytest.fixture
-async def api() -> AsyncIterator[FakeBotAPI]:
-    async with FakeBotAPI() as fake:
-        yield fake
 
 
 async def seed_job(workdir: Path, update: dict[str, object], **columns: object) -> None:

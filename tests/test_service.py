@@ -17,7 +17,7 @@ import pytest
 
 from .botproc import BotProcess
 from .fakes import FakeBotAPI, SentMessage
-from .media import encode_audio, long_speech
+from .media import encode_audio, long_speech, voice_note
 
 USER = 3003
 PROGRESS = re.compile(r"Transcribing… \d+% \(\d+:\d\d elapsed\)")
@@ -72,12 +72,6 @@ def test_bad_token_is_one_clear_line(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- shutdown
-@pytest.fixture
-async def api() -> AsyncIterator[FakeBotAPI]:
-    async with FakeBotAPI() as fake:
-        yield fake
-
-
 Spawn = Callable[..., BotProcess]
 
 
@@ -178,3 +172,33 @@ async def test_sigterm_without_grace_postpones_the_job(
     assert sum("fellow Americans" in (m.text or "") for m in api.messages(USER)) == 1
     assert len(api.calls_of("downloadFile")) == 2
     assert job_row(tmp_path) == ("done", 1, 1)
+
+
+async def test_sigterm_during_a_burst_leaves_no_reply_in_doubt(
+    api: FakeBotAPI, spawn: Spawn, tmp_path: Path, corpus: Path
+) -> None:
+    """Stopped just as a burst is recorded: replies under way finish, the rest come next start."""
+    note = voice_note(corpus / "en" / "librispeech_alif_testing_routine.wav")
+    first = spawn(WHISPER_MODEL="tiny.en")
+    await first.start()
+    sent = [api.send_voice(USER, note, duration=3) for _ in range(12)]
+    await api.wait_for(lambda: not api.pending_updates, 20, "the burst confirmed")
+    assert await first.stop(signal.SIGTERM) == 0, first.output()
+
+    second = spawn(WHISPER_MODEL="tiny.en")
+    await second.start()
+
+    def transcribed(message_id: int) -> bool:
+        return any("testing routine" in (m.text or "").lower() for m in replies(api, message_id))
+
+    await api.wait_for(lambda: all(map(transcribed, sent)), 120, "every transcript")
+    assert await second.stop() == 0, second.output()
+    assert all(len(replies(api, message_id)) == 1 for message_id in sent)
+    assert '"status_reply_in_doubt"' not in second.output()
+    with closing(sqlite3.connect(tmp_path / "data" / "voicebot.db")) as connection:
+        assert connection.execute("SELECT DISTINCT status FROM jobs").fetchall() == [("done",)]
+
+
+def replies(api: FakeBotAPI, message_id: int) -> list[SentMessage]:
+    """The bot's visible replies to one of USER's messages."""
+    return [m for m in api.messages(USER) if m.reply_to == message_id and not m.deleted]

@@ -60,9 +60,13 @@ class Runtime:
     sessions: Sessions
     engine: Engine
     slots: asyncio.Semaphore
-    #: Jobs waiting for a slot, and jobs holding one: shutdown treats them differently.
+    #: Jobs sending their status reply, waiting for a slot, and holding one: shutdown lets the
+    #: first and last finish (a reply cut off mid-request would be in doubt) and drops the rest.
+    acknowledging: set[asyncio.Task[Any]] = field(default_factory=set)
     waiting: set[asyncio.Task[Any]] = field(default_factory=set)
     running: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: Set at shutdown: a job that has just sent its status reply waits for the next start.
+    stopping: bool = False
     task: AsyncTaskiqDecoratedTask[..., Any] | None = None
     #: Status replies in flight at once: within Telegram's rate, and at most this many in doubt
     #: after a crash (see `acknowledge`).
@@ -85,7 +89,8 @@ def build_broker(runtime: Runtime) -> AsyncBroker:
 async def acknowledge(runtime: Runtime, job_id: int) -> None:
     """Reply to the job's message with its place in line, once: never a second time."""
     async with runtime.replies:
-        await _acknowledge(runtime, job_id)
+        if not runtime.stopping:  # at shutdown only replies already under way finish
+            await _acknowledge(runtime, job_id)
 
 
 async def _acknowledge(runtime: Runtime, job_id: int) -> None:
@@ -132,9 +137,17 @@ async def transcribe_job(job_id: int, runtime: Runtime = TaskiqDepends()) -> Non
     """The task: transcribe one job and deliver it exactly once; safe to run again."""
     current = asyncio.current_task()
     assert current is not None
-    runtime.waiting.add(current)
+    if runtime.stopping:
+        return  # queued after shutdown began: recovered, and acknowledged, at the next start
+    runtime.acknowledging.add(current)
     try:
         await acknowledge(runtime, job_id)
+    finally:
+        runtime.acknowledging.discard(current)
+    if runtime.stopping:
+        return
+    runtime.waiting.add(current)
+    try:
         async with runtime.slots:
             runtime.waiting.discard(current)
             runtime.running.add(current)

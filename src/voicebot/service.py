@@ -123,11 +123,12 @@ async def _check_token(bot: Bot, settings: Settings) -> User:
 
 
 async def _drain(runtime: Runtime, grace: float) -> None:
-    """Let running jobs finish for `grace` seconds; the rest stay recorded for the next start."""
+    """Let running jobs and status replies finish for `grace` seconds; the rest stay recorded."""
+    runtime.stopping = True
     waiting = set(runtime.waiting)
     for task in waiting:
         task.cancel()
-    pending = set(runtime.running)
+    pending = runtime.running | runtime.acknowledging
     if pending:
         _, pending = await asyncio.wait(pending, timeout=grace)
     for task in pending:
