@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.exc import IntegrityError
 
 from voicebot.db import Sessions, build_engine, build_sessions, upgrade, upgrade_async
 from voicebot.models import (
+    Base,
     Chat,
     Job,
     JobStatus,
@@ -25,7 +28,7 @@ from voicebot.models import (
     upsert_user_and_chat,
 )
 
-TABLES = {"users", "chats", "jobs", "transcripts", "usage", "quotas", "alembic_version"}
+TABLES = {"users", "chats", "jobs", "transcripts", "usage", "transactions", "alembic_version"}
 
 
 def url_for(path: Path) -> str:
@@ -55,14 +58,14 @@ def test_upgrade_creates_the_schema(tmp_path: Path) -> None:
     path.parent.mkdir()
     upgrade(url_for(path))
     assert tables(path) == TABLES
-    assert version(path) == ["0002"]
+    assert version(path) == ["0003"]
     columns = {row[1] for row in query(path, "PRAGMA table_info(jobs)")}
     assert {"chat_id", "message_id", "status", "delivered_parts", "transcript_id"} <= columns
     assert "status_requested_at" in columns
 
 
 def test_upgrade_from_the_first_revision_keeps_jobs(tmp_path: Path) -> None:
-    """A database made by 0001 gains status_requested_at (empty) and keeps its jobs."""
+    """A database made by 0001 gains the later columns (with defaults) and keeps its jobs."""
     path = tmp_path / "voicebot.db"
     upgrade(url_for(path), "0001")
     query(
@@ -77,11 +80,29 @@ def test_upgrade_from_the_first_revision_keeps_jobs(tmp_path: Path) -> None:
         " attempts, delivered_parts, created_at)"
         " VALUES (7, 7, 3, 'voice', 'f', 'u', 'queued', 0, 0, '2024-01-01')",
     )
+    # A usage row references the job, as on a bot that has answered before.
+    query(
+        path,
+        "INSERT INTO usage (user_id, job_id, audio_seconds, processing_seconds, created_at)"
+        " VALUES (7, 1, 3.0, 1.0, '2024-01-01')",
+    )
     upgrade(url_for(path))
-    assert version(path) == ["0002"]
-    assert query(path, "SELECT message_id, status, status_requested_at FROM jobs") == [
-        (3, "queued", None)
-    ]
+    assert version(path) == ["0003"]
+    assert query(
+        path, "SELECT message_id, status, status_requested_at, priority, reserved_seconds FROM jobs"
+    ) == [(3, "queued", None, 0, 0.0)]
+    assert query(path, "SELECT plan, banned, balance_seconds FROM users") == [("free", 0, 0.0)]
+
+
+def test_migrations_match_the_models(tmp_path: Path) -> None:
+    """Autogenerate finds nothing to add: the tables the code uses are the migrated ones."""
+    path = tmp_path / "voicebot.db"
+    upgrade(url_for(path))
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    engine.dispose()
+    assert differences == []
 
 
 def test_upgrade_twice_is_harmless(tmp_path: Path) -> None:
@@ -95,7 +116,7 @@ def test_upgrade_twice_is_harmless(tmp_path: Path) -> None:
     )
     upgrade(url_for(path))
     assert tables(path) == TABLES
-    assert version(path) == ["0002"]
+    assert version(path) == ["0003"]
     assert query(path, "SELECT id, first_name FROM users") == [(7, "Ann")]
 
 

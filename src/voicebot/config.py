@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -51,6 +52,25 @@ class Settings(BaseSettings):
     transcript_file_chars: int = Field(default=12000, ge=4096)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
+    # Access, plans and quotas (0 seconds = no quota)
+    admin_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    allowed_user_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
+    daily_quota_seconds: float = Field(default=0, ge=0)
+    premium_daily_quota_seconds: float = Field(default=0, ge=0)
+    quota_timezone: str = "UTC"
+
+    # Limits, queue and priorities
+    user_max_active_jobs: int = Field(default=3, ge=1)
+    user_jobs_per_minute: int = Field(default=10, ge=1)
+    global_jobs_per_minute: int = Field(default=100, ge=1)
+    rate_limit_storage_url: str = "memory://"
+    max_queue_size: int = Field(default=100, ge=1)
+    priority_max_wait_seconds: float = Field(default=300, gt=0)
+
+    # Transcript cache and purchases
+    cache_ttl_days: float = Field(default=7, ge=0)
+    stars_packages: Annotated[list[tuple[int, int]], NoDecode] = Field(default_factory=list)
+
     # Service
     data_dir: Path = Path("data")
     database_url: str | None = None
@@ -62,6 +82,42 @@ class Settings(BaseSettings):
     def _split_languages(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("admin_ids", "allowed_user_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [int(part) for part in value.replace(" ", "").split(",") if part]
+        if isinstance(value, int):
+            return [value]
+        return value
+
+    @field_validator("stars_packages", mode="before")
+    @classmethod
+    def _split_packages(cls, value: object) -> object:
+        """`30:50,120:150` (minutes:stars) becomes [(30, 50), (120, 150)]."""
+        if isinstance(value, str):
+            packages = []
+            for part in value.replace(" ", "").split(","):
+                if not part:
+                    continue
+                minutes, separator, stars = part.partition(":")
+                if not separator or int(minutes) <= 0 or int(stars) <= 0:
+                    raise ValueError(f"expected MINUTES:STARS with positive numbers, got {part!r}")
+                packages.append((int(minutes), int(stars)))
+            return packages
+        return value
+
+    @field_validator("quota_timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as error:
+            raise ValueError(
+                f"unknown time zone {value!r} (for example UTC or Europe/Berlin)"
+            ) from error
         return value
 
     @field_validator(

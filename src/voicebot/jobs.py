@@ -38,6 +38,7 @@ from voicebot.errors import (
 )
 from voicebot.models import (
     ACTIVE,
+    FINAL,
     Job,
     JobStatus,
     Transcript,
@@ -160,7 +161,7 @@ async def transcribe_job(job_id: int, runtime: Runtime = TaskiqDepends()) -> Non
 async def _run(runtime: Runtime, job_id: int) -> None:
     async with runtime.sessions() as session:
         job = await session.get(Job, job_id)
-    if job is None or job.status in (JobStatus.done, JobStatus.failed):
+    if job is None or job.status in FINAL:
         return
     bound = log.bind(job_id=job_id, chat_id=job.chat_id)
     if job.error_text is not None:

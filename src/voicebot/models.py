@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     select,
     update,
@@ -55,9 +57,21 @@ class JobStatus(enum.StrEnum):
     transcribed = "transcribed"
     done = "done"
     failed = "failed"
+    cancelled = "cancelled"
 
 
 ACTIVE = (JobStatus.queued, JobStatus.running, JobStatus.transcribed)
+FINAL = (JobStatus.done, JobStatus.failed, JobStatus.cancelled)
+#: Jobs whose reservation still counts against the quota (a transcribed job has been charged).
+RESERVING = (JobStatus.queued, JobStatus.running)
+
+
+class Plan(enum.StrEnum):
+    """What a user may use: free and premium have daily quotas (settings), unlimited none."""
+
+    free = "free"
+    premium = "premium"
+    unlimited = "unlimited"
 
 
 class User(Base):
@@ -70,6 +84,14 @@ class User(Base):
     language_code: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    plan: Mapped[Plan] = mapped_column(
+        Enum(Plan, native_enum=False, length=16), default=Plan.free, server_default="free"
+    )
+    #: When a granted plan falls back to free; None: it does not expire.
+    plan_expires_at: Mapped[datetime | None]
+    banned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: Purchased or credited seconds, spent after the day's allowance.
+    balance_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class Chat(Base):
@@ -94,7 +116,11 @@ class Transcript(Base):
     duration: Mapped[float] = mapped_column(Float)
     segments: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
     model: Mapped[str] = mapped_column(String(256))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: SHA-256 of the audio file's bytes, for the cache.
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: The language setting it was made with ("auto", "en", "auto:en,ru"); the cache matches it.
+    language_setting: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class Job(Base):
@@ -120,6 +146,10 @@ class Job(Base):
         Enum(JobStatus, native_enum=False, length=16), default=JobStatus.queued, index=True
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: 1 for premium, unlimited and admin senders, 0 for free: higher runs first.
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: Seconds held against the sender's quota until the job is charged or ends.
+    reserved_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     delivered_parts: Mapped[int] = mapped_column(Integer, default=0)
     transcript_id: Mapped[int | None] = mapped_column(ForeignKey("transcripts.id"))
     error_code: Mapped[str | None] = mapped_column(String(64))
@@ -131,7 +161,7 @@ class Job(Base):
 
 
 class Usage(Base):
-    """Seconds of audio and of processing spent for a user, one row per finished job."""
+    """What one transcribed job cost: one row per job, written with its transcript (the charge)."""
 
     __tablename__ = "usage"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -139,17 +169,29 @@ class Usage(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
     audio_seconds: Mapped[float] = mapped_column(Float)
     processing_seconds: Mapped[float] = mapped_column(Float)
+    #: Seconds charged: from the day's allowance, then `balance_seconds` of it from the balance.
+    charged_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    balance_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    #: Answered from the transcript cache: nothing transcribed, nothing charged.
+    cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
-class Quota(Base):
-    """A user's allowance; rows appear when quotas are enforced (a later feature)."""
+class Transaction(Base):
+    """A change to a user's balance: a Stars purchase, a refund, or an admin's credit."""
 
-    __tablename__ = "quotas"
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), primary_key=True)
-    plan: Mapped[str] = mapped_column(String(32), default="free")
-    seconds_per_day: Mapped[float | None] = mapped_column(Float)
-    expires_at: Mapped[datetime | None]
+    __tablename__ = "transactions"
+    __table_args__ = (UniqueConstraint("telegram_payment_charge_id", "kind"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    #: purchase, refund or credit
+    kind: Mapped[str] = mapped_column(String(16))
+    #: Seconds added to (or, negative, taken from) the balance.
+    seconds: Mapped[float] = mapped_column(Float)
+    stars: Mapped[int | None] = mapped_column(Integer)
+    telegram_payment_charge_id: Mapped[str | None] = mapped_column(String(256))
+    payload: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 async def upsert_user_and_chat(

@@ -18,10 +18,10 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     """Apply this revision."""
-    with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("status_requested_at", sa.DateTime(timezone=True), nullable=True)
-        )
+    # A plain ADD COLUMN: batch mode would copy `jobs`, which `usage` references.
+    op.add_column(
+        "jobs", sa.Column("status_requested_at", sa.DateTime(timezone=True), nullable=True)
+    )
 
 
 def downgrade() -> None:
