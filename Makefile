@@ -29,3 +29,4 @@ format: sync
 bench: sync
 	$(UV) run python benchmarks/engine.py
 	$(UV) run python benchmarks/ingest.py
+	$(UV) run python benchmarks/cache.py

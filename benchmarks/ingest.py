@@ -167,6 +167,11 @@ async def run_phase(
                 WORKERS="1",
                 DATABASE_URL=f"sqlite+aiosqlite:///{database}",
                 SHUTDOWN_GRACE_SECONDS="1",
+                # Every message is meant to be accepted here: no per-user or global bound bites.
+                USER_MAX_ACTIVE_JOBS="100000",
+                USER_JOBS_PER_MINUTE="100000",
+                GLOBAL_JOBS_PER_MINUTE="100000",
+                MAX_QUEUE_SIZE="100000",
             )
             try:
                 return await _measure(name, api, bot, database, args, notes, rng, count)

@@ -38,7 +38,13 @@ _NOT_MODIFIED = (
 _STR_PARAMS = frozenset(
     {"text", "caption", "parse_mode", "file_id", "callback_query_id", "action", "language_code"}
     | {"inline_message_id", "business_connection_id", "message_effect_id", "url", "file_name"}
+    | {"title", "description", "payload", "currency", "provider_token", "start_parameter"}
+    | {"pre_checkout_query_id", "error_message", "telegram_payment_charge_id"}
 )
+# Telegram's answer to a query that was answered already, timed out or never existed.
+_QUERY_INVALID = "query is too old and response timeout expired or query ID is invalid"
+#: Seconds Telegram waits for the answer to a pre-checkout query before it cancels the payment.
+PRE_CHECKOUT_TIMEOUT = 10.0
 _HTML_TAGS = frozenset(
     {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a"}
     | {"code", "pre", "blockquote", "tg-emoji"}
@@ -85,6 +91,30 @@ class SentMessage:
     reply_to: int | None = None
     deleted: bool = False
     reply_markup: Any = None
+    #: For sendInvoice: title, description, payload, currency and prices as sent.
+    invoice: Params | None = None
+
+
+@dataclass(frozen=True)
+class QueryAnswer:
+    """The bot's answer to a callback or pre-checkout query, ``delay`` s after it was pushed."""
+
+    params: Params
+    delay: float
+
+
+@dataclass
+class _Query:
+    kind: str  # callback_query or pre_checkout_query
+    pushed_at: float
+    answer: QueryAnswer | None = None
+
+
+@dataclass
+class _Charge:
+    user_id: int
+    total_amount: int
+    refunded: bool = False
 
 
 @dataclass
@@ -177,6 +207,9 @@ class FakeBotAPI:
         self._failures: dict[str, deque[ApiError]] = defaultdict(deque)
         self._commands: dict[tuple[str, str], list[Params]] = {}
         self._users: dict[int, tuple[str, str]] = {}
+        self._queries: dict[str, _Query] = {}
+        self._query_seq = itertools.count(1)
+        self._charges: dict[str, _Charge] = {}
         handlers: dict[str, _Handler] = {
             "getMe": self._get_me,
             "getUpdates": self._get_updates,
@@ -190,7 +223,10 @@ class FakeBotAPI:
             "getMyCommands": self._get_my_commands,
             "deleteMyCommands": self._delete_my_commands,
             "getFile": self._get_file,
-            "answerCallbackQuery": self._ok,
+            "answerCallbackQuery": self._answer_callback_query,
+            "sendInvoice": self._send_invoice,
+            "answerPreCheckoutQuery": self._answer_pre_checkout_query,
+            "refundStarPayment": self._refund_star_payment,
         }
         self._handlers = {name.lower(): (name, h) for name, h in handlers.items()}
 
@@ -336,7 +372,94 @@ class FakeBotAPI:
             user_id, document={**doc, "file_name": file_name, "mime_type": mime_type}
         )
 
+    def send_voice_as(
+        self,
+        user_id: int,
+        data: bytes,
+        *,
+        duration: int,
+        file_unique_id: str,
+        forward_from: int | None = None,
+    ) -> int:
+        """Push a voice message with a new file_id for ``data`` under ``file_unique_id``.
+
+        A forwarded voice note keeps its ``file_unique_id`` (pass the original's and
+        ``forward_from``, the original sender); the same audio uploaded again gets a new one.
+        """
+        n = next(self._file_seq)
+        file_id, path = f"BQACAgI{n:06d}{file_unique_id}", f"voice/file_{n}.oga"
+        self._files[file_id] = _File(data, len(data), file_unique_id, path)
+        self._by_path[path] = file_id
+        voice = {"file_id": file_id, "file_unique_id": file_unique_id, "file_size": len(data)}
+        extra: Params = {}
+        if forward_from is not None:
+            sender = {"id": forward_from, "is_bot": False, "first_name": "Origin"}
+            origin = {"type": "user", "date": int(time.time()), "sender_user": sender}
+            extra["forward_origin"] = origin
+        voice |= {"duration": duration, "mime_type": "audio/ogg"}
+        return self._user_message(user_id, voice=voice, **extra)
+
+    def press_button(self, user_id: int, message_id: int, data: str) -> str:
+        """Push the user's press of the inline button ``data`` on bot message ``message_id``.
+
+        Returns the callback query id; raises ValueError when the message has no such button.
+        """
+        msg = self._chat_msgs[user_id].get(message_id)
+        rows = (msg or {}).get("reply_markup", {}).get("inline_keyboard", [])
+        if not any(button.get("callback_data") == data for row in rows for button in row):
+            raise ValueError(f"message {message_id} in chat {user_id} has no button {data!r}")
+        query_id = self._new_query("callback_query")
+        query = {"id": query_id, "from": self._from(user_id), "message": msg}
+        query |= {"chat_instance": str(-user_id), "data": data}
+        self.push_update({"callback_query": query})
+        return query_id
+
+    def pre_checkout(
+        self, user_id: int, *, payload: str, total_amount: int, currency: str = "XTR"
+    ) -> str:
+        """Push the pre-checkout query Telegram sends when the user confirms a payment."""
+        query_id = self._new_query("pre_checkout_query")
+        query = {"id": query_id, "from": self._from(user_id), "currency": currency}
+        query |= {"total_amount": total_amount, "invoice_payload": payload}
+        self.push_update({"pre_checkout_query": query})
+        return query_id
+
+    def pay(
+        self,
+        user_id: int,
+        *,
+        payload: str,
+        total_amount: int,
+        charge_id: str,
+        provider_charge_id: str = "",
+    ) -> int:
+        """Push the service message with ``successful_payment`` (in Stars); return its id.
+
+        The charge is remembered, so that refundStarPayment can refund it once.
+        """
+        self._charges.setdefault(charge_id, _Charge(user_id, total_amount))
+        payment = {"currency": "XTR", "total_amount": total_amount, "invoice_payload": payload}
+        payment |= {
+            "telegram_payment_charge_id": charge_id,
+            "provider_payment_charge_id": provider_charge_id,
+        }
+        return self._user_message(user_id, successful_payment=payment)
+
+    def redeliver(self, chat_id: int, message_id: int) -> int:
+        """Push the user's message again as a new update, as Telegram does after a lost offset."""
+        return self.push_update({"message": self._chat_msgs[chat_id][message_id]})
+
     # ----------------------------------------------------------------- assertions
+    def query_answer(self, query_id: str) -> QueryAnswer | None:
+        """The bot's answer to a callback or pre-checkout query, once it came."""
+        query = self._queries.get(query_id)
+        return query.answer if query is not None else None
+
+    def refunded(self, charge_id: str) -> bool:
+        """Whether the bot refunded the Stars payment ``charge_id``."""
+        charge = self._charges.get(charge_id)
+        return charge is not None and charge.refunded
+
     def calls_of(self, method: str) -> list[Call]:
         """Recorded calls of ``method`` (case-insensitive), oldest first."""
         return [c for c in self.calls if c.method.lower() == method.lower()]
@@ -491,11 +614,72 @@ class FakeBotAPI:
         self._record(msg, None, reply_to, p, document=document_sent)
         return msg
 
+    async def _answer_callback_query(self, p: Params) -> bool:
+        self._answer_query("callback_query", p, ("text", "show_alert", "url", "cache_time"))
+        return True
+
+    async def _answer_pre_checkout_query(self, p: Params) -> bool:
+        if not isinstance(p.get("ok"), bool):
+            raise _bad("ok must be a boolean")
+        if not p["ok"] and not str(p.get("error_message") or "").strip():
+            raise _bad("error_message must be non-empty when ok is false")
+        self._answer_query("pre_checkout_query", p, ("ok", "error_message"))
+        return True
+
+    async def _send_invoice(self, p: Params) -> Params:
+        chat_id = _int(p, "chat_id")
+        title, description = str(p.get("title") or ""), str(p.get("description") or "")
+        payload, currency = str(p.get("payload") or ""), str(p.get("currency") or "")
+        prices = p.get("prices")
+        if not 1 <= len(title) <= 32:
+            raise _bad("invoice title must be 1-32 characters")
+        if not 1 <= len(description) <= 255:
+            raise _bad("invoice description must be 1-255 characters")
+        if not 1 <= len(payload.encode()) <= 128:
+            raise _bad("INVOICE_PAYLOAD_INVALID")
+        if not isinstance(prices, list) or not prices:
+            raise _bad("prices must be a non-empty JSON array")
+        amounts = [price.get("amount") for price in prices if isinstance(price, dict)]
+        if len(amounts) != len(prices) or not all(isinstance(a, int) and a > 0 for a in amounts):
+            raise _bad("CURRENCY_TOTAL_AMOUNT_INVALID")
+        if currency == "XTR" and (len(prices) != 1 or p.get("provider_token")):
+            # Stars invoices take exactly one price and no payment provider.
+            raise _bad("CURRENCY_TOTAL_AMOUNT_INVALID" if len(prices) != 1 else "PROVIDER_INVALID")
+        reply_to = self._reply_target(chat_id, p)
+        invoice = {"title": title, "description": description, "currency": currency}
+        invoice |= {"start_parameter": str(p.get("start_parameter") or "")}
+        msg = self._bot_message(
+            chat_id, reply_to, p, invoice=invoice | {"total_amount": sum(amounts)}
+        )
+        sent = {"title": title, "description": description, "payload": payload}
+        self._record(
+            msg, None, reply_to, p, invoice=sent | {"currency": currency, "prices": prices}
+        )
+        return msg
+
+    async def _refund_star_payment(self, p: Params) -> bool:
+        user_id, charge_id = _int(p, "user_id"), str(p.get("telegram_payment_charge_id") or "")
+        charge = self._charges.get(charge_id)
+        if charge is None or charge.user_id != user_id:
+            raise _bad("CHARGE_NOT_FOUND")
+        if charge.refunded:
+            raise _bad("CHARGE_ALREADY_REFUNDED")
+        charge.refunded = True
+        return True
+
     async def _set_my_commands(self, p: Params) -> bool:
         commands = p.get("commands")
         if not isinstance(commands, list):
             raise _bad("commands must be a JSON array")
-        self._commands[_commands_key(p.get("scope"), p.get("language_code", ""))] = commands
+        scope = p.get("scope")
+        # A chat scope needs a chat the bot can see: one its user has opened (written in).
+        if (
+            isinstance(scope, dict)
+            and "chat_id" in scope
+            and scope["chat_id"] not in self._chat_msgs
+        ):
+            raise _bad("chat not found")
+        self._commands[_commands_key(scope, p.get("language_code", ""))] = commands
         return True
 
     async def _get_my_commands(self, p: Params) -> list[Params]:
@@ -532,6 +716,26 @@ class FakeBotAPI:
     def _next_message_id(self, chat_id: int) -> int:
         self._last_msg_id[chat_id] += 1
         return self._last_msg_id[chat_id]
+
+    def _from(self, user_id: int) -> Params:
+        first_name, lang = self._users.get(user_id, ("Test", "en"))
+        return {"id": user_id, "is_bot": False, "first_name": first_name, "language_code": lang}
+
+    def _new_query(self, kind: str) -> str:
+        query_id = f"{self.bot_id}{next(self._query_seq):010d}"
+        self._queries[query_id] = _Query(kind, time.monotonic())
+        return query_id
+
+    def _answer_query(self, kind: str, p: Params, keys: tuple[str, ...]) -> None:
+        """Record the answer; a second one, a late one or an unknown id fails as on Telegram."""
+        query_id = str(p.get(f"{kind}_id") or "")
+        query = self._queries.get(query_id)
+        if query is None or query.kind != kind or query.answer is not None:
+            raise _bad(_QUERY_INVALID)
+        delay = time.monotonic() - query.pushed_at
+        if kind == "pre_checkout_query" and delay > PRE_CHECKOUT_TIMEOUT:
+            raise _bad(_QUERY_INVALID)
+        query.answer = QueryAnswer({k: p[k] for k in keys if k in p}, delay)
 
     def _user_message(self, user_id: int, **content: Any) -> int:
         first_name, lang = self._users.get(user_id, ("Test", "en"))

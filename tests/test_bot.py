@@ -28,7 +28,9 @@ USER = 1001
 
 @pytest.fixture
 async def bot(api: FakeBotAPI, tmp_path: Path, model_cache: Path) -> AsyncIterator[BotProcess]:
-    process = BotProcess(api, tmp_path, model_cache, MAX_AUDIO_SECONDS="30")
+    process = BotProcess(
+        api, tmp_path, model_cache, MAX_AUDIO_SECONDS="30", USER_MAX_ACTIVE_JOBS="10"
+    )
     await process.start()
     yield process
     code = await process.stop()
@@ -59,7 +61,7 @@ async def test_voice_message_gets_its_transcript(
     (reply,) = replies_to(api, USER, sent)
     assert reply.edits[0] == "Transcribing…"
     assert text.startswith("And so my fellow Americans")
-    assert [c["command"] for c in api.commands()] == ["start", "help"]
+    assert [c["command"] for c in api.commands()] == ["start", "me", "help"]
     assert len(api.messages(USER)) == 1
 
 
@@ -191,7 +193,9 @@ async def test_burst_from_five_users(
         "another engineer": "librispeech_alif_another_engineer.wav",
     }
     notes = {phrase: voice_note(corpus / "en" / name) for phrase, name in clips.items()}
-    process = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en")
+    process = BotProcess(
+        api, tmp_path, model_cache, WHISPER_MODEL="tiny.en", USER_MAX_ACTIVE_JOBS="10"
+    )
     await process.start()
     expected: dict[tuple[int, int], str] = {}
     for index in range(20):

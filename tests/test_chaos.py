@@ -287,7 +287,14 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
         print(f"  {number:>2}. {round_}")
     print(f"  last start, burst [{len(last_burst)} messages], left to finish")
 
-    bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en", JOB_MAX_ATTEMPTS="30")
+    bot = BotProcess(
+        api,
+        tmp_path,
+        model_cache,
+        WHISPER_MODEL="tiny.en",
+        JOB_MAX_ATTEMPTS="30",
+        USER_MAX_ACTIVE_JOBS="100",
+    )
     chaos = Chaos(api, corpus)
     startup = 0.0
     for number, round_ in enumerate(rounds, 1):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from voicebot.models import (
     set_job,
     unfinished_job_ids,
     upsert_user_and_chat,
+    utcnow,
 )
 
 TABLES = {"users", "chats", "jobs", "transcripts", "usage", "transactions", "alembic_version"}
@@ -246,10 +248,51 @@ async def test_queue_queries(sessions: Sessions) -> None:
         ids = [j.id for j in jobs]
         assert ids == sorted(ids)
         assert await unfinished_job_ids(session) == [ids[0], ids[1], ids[4], ids[5]]
-        ahead = [await count_ahead(session, job_id=i) for i in ids]
-        assert ahead == [0, 1, 2, 2, 2, 3]
+        ahead = [await count_ahead(session, job_id=i, max_wait=300, now=utcnow()) for i in ids]
+        # The running and transcribed jobs hold slots; queued ones count in order of arrival.
+        assert ahead == [2, 2, 3, 3, 2, 3]
 
         await set_job(session, job_id=ids[0], status=JobStatus.done)
         await session.commit()
         assert await unfinished_job_ids(session) == [ids[1], ids[4], ids[5]]
-        assert await count_ahead(session, job_id=ids[5]) == 2
+        assert await count_ahead(session, job_id=ids[5], max_wait=300, now=utcnow()) == 2
+
+
+async def test_positions_put_premium_first_and_promote_old_free_jobs(sessions: Sessions) -> None:
+    """A premium job is ahead of earlier free ones; a free job waiting past max_wait is promoted."""
+    await add_user(sessions, 10)
+    now = utcnow()
+    async with sessions() as session:
+        old_free = job(chat_id=10, user_id=10, message_id=1, status=JobStatus.queued)
+        old_free.created_at = now - timedelta(seconds=400)
+        free = [job(chat_id=10, user_id=10, message_id=n, status=JobStatus.queued) for n in (2, 3)]
+        premium = job(chat_id=10, user_id=10, message_id=4, status=JobStatus.queued)
+        premium.priority = 1
+        session.add_all([old_free, *free, premium])
+        await session.commit()
+
+        async def ahead(item: Job) -> int:
+            return await count_ahead(session, job_id=item.id, max_wait=300, now=now)
+
+        assert await ahead(old_free) == 0  # promoted: it runs first, even before the premium job
+        assert await ahead(premium) == 1
+        assert [await ahead(item) for item in free] == [2, 3]
+        # Without promotion the old free job would wait behind the premium one.
+        assert await count_ahead(session, job_id=old_free.id, max_wait=500, now=now) == 1
+
+
+async def test_positions_take_turns_between_people(sessions: Sessions) -> None:
+    """Three from one person, then one from another: the latter is second in line."""
+    await add_user(sessions, 10)
+    await add_user(sessions, 11)
+    async with sessions() as session:
+        flood = [job(chat_id=10, user_id=10, message_id=n) for n in (1, 2, 3)]
+        other = job(chat_id=11, user_id=11, message_id=1)
+        session.add_all([*flood, other])
+        await session.commit()
+        now = utcnow()
+        ahead = [
+            await count_ahead(session, job_id=item.id, max_wait=300, now=now)
+            for item in [*flood, other]
+        ]
+    assert ahead == [0, 2, 3, 1]

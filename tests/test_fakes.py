@@ -17,9 +17,17 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
-from aiogram.types import BotCommand, BufferedInputFile, ReplyParameters
+from aiogram.types import (
+    BotCommand,
+    BufferedInputFile,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    LabeledPrice,
+    Message,
+    ReplyParameters,
+)
 
-from .fakes import FakeBotAPI
+from .fakes import PRE_CHECKOUT_TIMEOUT, FakeBotAPI
 
 
 def make_bot(api: FakeBotAPI, token: str | None = None) -> Bot:
@@ -217,3 +225,102 @@ async def test_wait_for_times_out_with_context(api: FakeBotAPI, bot: Bot) -> Non
     await bot.get_me()
     with pytest.raises(AssertionError, match=r"(?s)never.*getMe"):
         await api.wait_for(lambda: False, 0.05, "never")
+
+
+async def test_button_press_and_callback_answer(api: FakeBotAPI, bot: Bot) -> None:
+    markup = InlineKeyboardMarkup(
+        inline_keyboard=[[InlineKeyboardButton(text="Go", callback_data="go:1")]]
+    )
+    sent = await bot.send_message(8, "Pick", reply_markup=markup)
+    with pytest.raises(ValueError, match="no button"):
+        api.press_button(8, sent.message_id, "other")
+    query_id = api.press_button(8, sent.message_id, "go:1")
+    [update] = await bot.get_updates()
+    query = update.callback_query
+    assert query is not None
+    assert isinstance(query.message, Message)
+    assert (query.id, query.data, query.from_user.id) == (query_id, "go:1", 8)
+    assert (query.message.message_id, query.message.text) == (sent.message_id, "Pick")
+    assert api.query_answer(query_id) is None
+    assert await bot.answer_callback_query(query_id, text="Done", show_alert=True)
+    answer = api.query_answer(query_id)
+    assert answer is not None
+    assert answer.params == {"text": "Done", "show_alert": True}
+    # A second answer, or an id Telegram never sent, is refused as on api.telegram.org.
+    for bad in (query_id, "nope"):
+        with pytest.raises(TelegramBadRequest, match="query ID is invalid"):
+            await bot.answer_callback_query(bad)
+
+
+async def test_invoice(api: FakeBotAPI, bot: Bot) -> None:
+    price = [LabeledPrice(label="30 minutes", amount=50)]
+    msg = await bot.send_invoice(
+        4, title="30 minutes", description="Minutes", payload="p:1", currency="XTR", prices=price
+    )
+    assert msg.invoice is not None
+    assert (msg.invoice.title, msg.invoice.currency, msg.invoice.total_amount) == (
+        "30 minutes",
+        "XTR",
+        50,
+    )
+    [recorded] = api.messages(4)
+    assert recorded.text is None
+    assert recorded.invoice == {
+        "title": "30 minutes",
+        "description": "Minutes",
+        "payload": "p:1",
+        "currency": "XTR",
+        "prices": [{"label": "30 minutes", "amount": 50}],
+    }
+    with pytest.raises(TelegramBadRequest, match="INVOICE_PAYLOAD_INVALID"):
+        await bot.send_invoice(4, "t", "d", payload="x" * 129, currency="XTR", prices=price)
+    with pytest.raises(TelegramBadRequest, match="CURRENCY_TOTAL_AMOUNT_INVALID"):
+        await bot.send_invoice(4, "t", "d", payload="p", currency="XTR", prices=price * 2)
+    assert len(api.messages(4)) == 1
+
+
+async def test_pre_checkout_query(api: FakeBotAPI, bot: Bot) -> None:
+    query_id = api.pre_checkout(6, payload="p:1", total_amount=50)
+    [update] = await bot.get_updates()
+    query = update.pre_checkout_query
+    assert query is not None
+    assert (query.id, query.from_user.id, query.invoice_payload) == (query_id, 6, "p:1")
+    assert (query.currency, query.total_amount) == ("XTR", 50)
+    with pytest.raises(TelegramBadRequest, match="error_message"):
+        await bot.answer_pre_checkout_query(query_id, ok=False)
+    assert await bot.answer_pre_checkout_query(query_id, ok=False, error_message="Sold out")
+    answer = api.query_answer(query_id)
+    assert answer is not None
+    assert answer.params == {"ok": False, "error_message": "Sold out"}
+    assert 0 <= answer.delay < 5
+    with pytest.raises(TelegramBadRequest, match="query ID is invalid"):
+        await bot.answer_pre_checkout_query(query_id, ok=True)
+    # Past Telegram's 10 seconds the answer comes too late.
+    late = api.pre_checkout(6, payload="p:1", total_amount=50)
+    api._queries[late].pushed_at -= PRE_CHECKOUT_TIMEOUT + 1
+    with pytest.raises(TelegramBadRequest, match="query is too old"):
+        await bot.answer_pre_checkout_query(late, ok=True)
+    assert api.query_answer(late) is None
+
+
+async def test_payment_redelivery_and_refund(api: FakeBotAPI, bot: Bot) -> None:
+    message_id = api.pay(6, payload="p:1", total_amount=50, charge_id="ch_1")
+    api.redeliver(6, message_id)
+    first, again = await bot.get_updates()
+    assert first.update_id != again.update_id
+    for update in (first, again):
+        assert update.message is not None
+        paid = update.message.successful_payment
+        assert paid is not None
+        assert update.message.message_id == message_id
+        assert (paid.currency, paid.total_amount, paid.invoice_payload) == ("XTR", 50, "p:1")
+        assert (paid.telegram_payment_charge_id, paid.provider_payment_charge_id) == ("ch_1", "")
+    with pytest.raises(TelegramBadRequest, match="CHARGE_NOT_FOUND"):
+        await bot.refund_star_payment(7, "ch_1")  # someone else's charge
+    with pytest.raises(TelegramBadRequest, match="CHARGE_NOT_FOUND"):
+        await bot.refund_star_payment(6, "ch_unknown")
+    assert not api.refunded("ch_1")
+    assert await bot.refund_star_payment(6, "ch_1")
+    assert api.refunded("ch_1")
+    with pytest.raises(TelegramBadRequest, match="CHARGE_ALREADY_REFUNDED"):
+        await bot.refund_star_payment(6, "ch_1")

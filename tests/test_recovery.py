@@ -96,10 +96,10 @@ async def test_recorded_job_without_status_reply_gets_one(
     assert not api.pending_updates  # the redelivered update was confirmed, not a second job
 
 
-async def test_status_reply_in_doubt_is_not_sent_again(
+async def test_status_reply_in_doubt_is_logged_and_the_transcript_is_an_edit(
     api: FakeBotAPI, tmp_path: Path, model_cache: Path, corpus: Path
 ) -> None:
-    """Killed while the status reply was in flight: no second status, the transcript is new."""
+    """Killed while the status reply was in flight: logged, a new status, the transcript in it."""
     sent, bot = await recover(
         api, tmp_path, model_cache, corpus, status_requested_at="2026-11-27 00:00:01"
     )
@@ -109,11 +109,14 @@ async def test_status_reply_in_doubt_is_not_sent_again(
 
     await api.wait_for(answered, 60, "transcript")
     assert await bot.stop() == 0, bot.output()
-    (reply,) = visible_replies(api, sent)
-    assert reply.edits == []  # sent as the transcript, never a status
+    (reply,) = visible_replies(api, sent)  # the seeded reply never reached this fake
+    assert reply.edits
+    assert reply.edits[0] in (texts.TRANSCRIBING, texts.queued(0, 1))
     (doubt,) = log_events(bot, "status_reply_in_doubt")
     assert doubt["chat_id"] == USER
     assert job_state(tmp_path) == [("done", reply.message_id)]
+    sends = [c for c in api.calls_of("sendMessage") if c.params.get("chat_id") == USER]
+    assert [c.params["text"] for c in sends] == [reply.edits[0]]  # the transcript is no send
 
 
 async def test_recorded_failure_is_told_once(

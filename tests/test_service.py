@@ -179,13 +179,13 @@ async def test_sigterm_during_a_burst_leaves_no_reply_in_doubt(
 ) -> None:
     """Stopped just as a burst is recorded: replies under way finish, the rest come next start."""
     note = voice_note(corpus / "en" / "librispeech_alif_testing_routine.wav")
-    first = spawn(WHISPER_MODEL="tiny.en")
+    first = spawn(WHISPER_MODEL="tiny.en", USER_MAX_ACTIVE_JOBS="20", USER_JOBS_PER_MINUTE="20")
     await first.start()
     sent = [api.send_voice(USER, note, duration=3) for _ in range(12)]
     await api.wait_for(lambda: not api.pending_updates, 20, "the burst confirmed")
     assert await first.stop(signal.SIGTERM) == 0, first.output()
 
-    second = spawn(WHISPER_MODEL="tiny.en")
+    second = spawn(WHISPER_MODEL="tiny.en", USER_MAX_ACTIVE_JOBS="20", USER_JOBS_PER_MINUTE="20")
     await second.start()
 
     def transcribed(message_id: int) -> bool:

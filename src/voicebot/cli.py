@@ -3,26 +3,39 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
 
+from voicebot import admin, texts
 from voicebot.audio import SAMPLE_RATE, decode
 from voicebot.config import Settings
 from voicebot.engine import Engine, Transcript, build_engine
-from voicebot.errors import VoicebotError
+from voicebot.errors import UnknownUserError, VoicebotError
 from voicebot.formats import EXTENSIONS, Format, render
 from voicebot.logs import setup_logging
+from voicebot.models import Plan, User, utcnow
+from voicebot.quotas import day_start
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 app = typer.Typer(
     help="Self-hosted Telegram bot that turns speech into text.", no_args_is_help=True
 )
+users = typer.Typer(help="See and change users: plans, balances, bans.", no_args_is_help=True)
+app.add_typer(users, name="users")
+out = Console()
 err = Console(stderr=True)
 _PROGRESS_FROM_SECONDS = 60.0
+_T = TypeVar("_T")
 
 
 @app.callback()
@@ -135,3 +148,133 @@ def _transcribe_one(
             allowed_languages=allowed,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
+
+
+def _in_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[_T]]) -> _T:
+    """Run `work` in one committed transaction on the configured database, migrated first."""
+    import asyncio
+
+    from voicebot.db import build_engine as build_db_engine
+    from voicebot.db import build_sessions, upgrade_async
+
+    async def go() -> _T:
+        await upgrade_async(settings.sqlalchemy_url)
+        database = build_db_engine(settings.sqlalchemy_url)
+        try:
+            async with build_sessions(database)() as session:
+                result = await work(session)
+                await session.commit()
+                return result
+        finally:
+            await database.dispose()
+
+    try:
+        return asyncio.run(go())
+    except UnknownUserError as error:
+        _fail(str(error), 1)
+
+
+def _say(text: str) -> None:
+    """One reply on stdout, as in chat: not wrapped (it may be piped), no markup read in names."""
+    out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _positive(value: float) -> float:
+    if value <= 0:
+        raise typer.BadParameter("must be more than 0")
+    return value
+
+
+UserId = Annotated[
+    int, typer.Argument(help="Telegram user id.", show_default=False, metavar="USER_ID")
+]
+
+
+@users.command("list")
+def users_list(
+    limit: Annotated[int, typer.Option(help="Show at most this many.", min=1)] = 100,
+) -> None:
+    """Users, most recently seen first: plan, balance, ban."""
+    settings = _settings()
+    found = _in_session(settings, lambda session: admin.list_users(session, limit=limit))
+    now, zone = utcnow(), settings.quota_timezone
+    table = Table("ID", "Name", "Plan", "Balance", "Banned", "Last seen")
+    for user in found:
+        table.add_row(
+            str(user.id),
+            Text(texts.display_name(user.first_name, user.username)),  # names are not markup
+            texts.plan_of(user, now, zone),
+            texts.minutes(user.balance_seconds),
+            "yes" if user.banned else "",
+            texts.when(user.last_seen_at, zone),
+        )
+    out.print(table)
+
+
+@users.command("grant")
+def users_grant(
+    user_id: UserId,
+    plan: Annotated[Plan, typer.Option(help="The plan to put the user on.", show_default=False)],
+    days: Annotated[
+        int | None,
+        typer.Option(
+            help="Days until it falls back to free; default: no expiry.", min=1, max=admin.MAX_DAYS
+        ),
+    ] = None,
+) -> None:
+    """Put a user on a plan, for DAYS or with no expiry (free clears the expiry)."""
+    settings, now = _settings(), utcnow()
+
+    def work(session: AsyncSession) -> Awaitable[User]:
+        return admin.grant_plan(session, user_id=user_id, plan=plan, days=days, now=now)
+
+    user = _in_session(settings, work)
+    _say(texts.granted(user, now, settings.quota_timezone))
+
+
+@users.command("credit")
+def users_credit(
+    user_id: UserId,
+    minutes: Annotated[
+        float,
+        typer.Option(
+            help="Minutes to add to the balance.",
+            show_default=False,
+            max=admin.MAX_MINUTES,
+            callback=_positive,
+        ),
+    ],
+) -> None:
+    """Add minutes to a user's balance (recorded as a credit transaction)."""
+    seconds = minutes * 60
+    user = _in_session(
+        _settings(), lambda session: admin.credit(session, user_id=user_id, seconds=seconds)
+    )
+    _say(texts.credited(user, seconds))
+
+
+@users.command("ban")
+def users_ban(user_id: UserId) -> None:
+    """Stop serving a user: nothing more is transcribed, queued jobs are dropped."""
+    user = _in_session(
+        _settings(), lambda session: admin.set_banned(session, user_id=user_id, banned=True)
+    )
+    _say(texts.ban_changed(user))
+
+
+@users.command("unban")
+def users_unban(user_id: UserId) -> None:
+    """Serve a banned user again."""
+    user = _in_session(
+        _settings(), lambda session: admin.set_banned(session, user_id=user_id, banned=False)
+    )
+    _say(texts.ban_changed(user))
+
+
+@app.command()
+def stats() -> None:
+    """Today (since midnight in QUOTA_TIMEZONE): jobs, audio, cache hits, failures, queue."""
+    settings = _settings()
+    since = day_start(utcnow(), settings.quota_timezone)
+    found = _in_session(settings, lambda session: admin.stats(session, since=since))
+    _say(texts.admin_stats(found, settings.quota_timezone))

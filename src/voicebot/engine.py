@@ -100,7 +100,7 @@ class Engine:
 
     async def transcribe_async(
         self,
-        source: bytes | Path,
+        source: bytes | Path | Audio,
         *,
         language: str | None = None,
         allowed_languages: Sequence[str] = (),

@@ -56,3 +56,46 @@ class TranscriptionCancelledError(VoicebotError):
 
 class TranscriptionTimeoutError(VoicebotError):
     """The transcription ran past its time limit."""
+
+
+class UnknownUserError(VoicebotError):
+    """An admin named a user id the bot has never seen."""
+
+    def __init__(self, user_id: int) -> None:
+        super().__init__(f"Unknown user {user_id}: they have not used this bot yet.")
+        self.user_id = user_id
+
+
+class QuotaExceededError(VoicebotError):
+    """The recording turned out longer than what the sender has left; nothing is charged."""
+
+
+class BannedError(VoicebotError):
+    """The sender was banned while the job waited; it is dropped."""
+
+
+class PaymentError(VoicebotError):
+    """A Stars payment or refund cannot go ahead; the message says why."""
+
+
+class BadPayloadError(PaymentError):
+    """An invoice payload that this bot did not sign, or that was altered."""
+
+    def __init__(self) -> None:
+        super().__init__("This invoice was not made by this bot or was altered.")
+
+
+class UnknownChargeError(PaymentError):
+    """No purchase was credited with this telegram_payment_charge_id."""
+
+    def __init__(self, charge_id: str) -> None:
+        super().__init__(f"No purchase has the charge id {charge_id}.")
+        self.charge_id = charge_id
+
+
+class AlreadyRefundedError(PaymentError):
+    """The purchase with this charge id has been refunded before."""
+
+    def __init__(self, charge_id: str) -> None:
+        super().__init__(f"The purchase {charge_id} has already been refunded.")
+        self.charge_id = charge_id

@@ -8,13 +8,19 @@ Telegram only after `record` returned, so an update is never confirmed before it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 from aiogram.types import Message
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from voicebot import texts
+from voicebot.admission import admit
+from voicebot.config import Settings
 from voicebot.db import Sessions
-from voicebot.models import insert_job, upsert_user_and_chat
+from voicebot.models import find_job, insert_job, upsert_user_and_chat, utcnow
+from voicebot.quotas import lock_user
+from voicebot.ratelimits import Limiters
 
 log = structlog.get_logger(__name__)
 
@@ -42,13 +48,27 @@ class Intake:
         """Take `message` for transcription; it becomes a job when the batch is recorded."""
         self.accepted.setdefault((message.chat.id, message.message_id), (message, media))
 
+    def sort(self, arrival: list[tuple[int, int]]) -> None:
+        """Put the accepted messages in arrival order (handlers finish in any order)."""
+        rank = {key: index for index, key in enumerate(arrival)}
+        ordered = sorted(self.accepted.items(), key=lambda item: rank.get(item[0], len(rank)))
+        self.accepted = dict(ordered)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A message that does not become a job, and the line its sender is told."""
+
+    message: Message
+    text: str
+
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """What `record` did: new job ids (oldest first) and messages that could not be stored."""
+    """What `record` did: new job ids (oldest first) and the messages refused."""
 
     job_ids: list[int]
-    refused: list[Message]
+    refused: list[Refusal]
 
 
 # Errors that say the database is unreachable or busy, not that this data is wrong: the batch
@@ -56,27 +76,30 @@ class Recorded:
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 
 
-async def record(sessions: Sessions, intake: Intake) -> Recorded:
-    """Commit the batch's jobs (with their users and chats); a redelivered message adds nothing.
+async def record(
+    sessions: Sessions, intake: Intake, *, settings: Settings, limiters: Limiters
+) -> Recorded:
+    """Decide on and commit the batch's jobs (with users and chats); a redelivery adds nothing.
 
     A transient database error propagates (nothing was confirmed, so Telegram sends the batch
     again). Data the database refuses fails only its own message: the others are stored one
-    by one and the refused ones are returned, for the caller to tell their senders.
+    by one and the failed ones are refused with the "something went wrong" line.
     """
     items = list(intake.accepted.values())
     if not items:
         return Recorded([], [])
+    store = partial(_store, sessions, settings=settings, limiters=limiters)
     try:
-        return Recorded(await _store(sessions, items), [])
+        return await store(items)
     except TRANSIENT_DB_ERRORS:
         raise
     except DBAPIError as error:
         log.error("batch_not_recorded", error=repr(error), size=len(items))
     job_ids: list[int] = []
-    refused: list[Message] = []
+    refused: list[Refusal] = []
     for item in items:
         try:
-            job_ids += await _store(sessions, [item])
+            one = await store([item])
         except TRANSIENT_DB_ERRORS:
             raise
         except DBAPIError as error:
@@ -87,27 +110,57 @@ async def record(sessions: Sessions, intake: Intake) -> Recorded:
                 message_id=message.message_id,
                 error=repr(error),
             )
-            refused.append(message)
+            refused.append(Refusal(message, texts.FAILED))
+        else:
+            job_ids += one.job_ids
+            refused += one.refused
     return Recorded(job_ids, refused)
 
 
-async def _store(sessions: Sessions, items: list[tuple[Message, Media]]) -> list[int]:
+async def _store(
+    sessions: Sessions,
+    items: list[tuple[Message, Media]],
+    *,
+    settings: Settings,
+    limiters: Limiters,
+) -> Recorded:
     job_ids: list[int] = []
+    refused: list[Refusal] = []
+    now = utcnow()
     async with sessions() as session:
         for message, media in items:
-            user, chat = message.from_user, message.chat
+            sender, chat = message.from_user, message.chat
             # Anonymous group admins and channels have no from_user; the chat stands in.
-            user_id = user.id if user is not None else chat.id
+            user_id = sender.id if sender is not None else chat.id
+            # The upsert comes first: on SQLite it takes the write lock, so what the decisions
+            # below read cannot change under them; on PostgreSQL lock_user locks the row.
             await upsert_user_and_chat(
                 session,
                 user_id=user_id,
-                first_name=(user.first_name if user else chat.title or "")[:256],
-                username=user.username if user else chat.username,
-                language_code=user.language_code if user else None,
+                first_name=(sender.first_name if sender else chat.title or "")[:256],
+                username=sender.username if sender else chat.username,
+                language_code=sender.language_code if sender else None,
                 chat_id=chat.id,
                 chat_type=chat.type,
                 chat_title=chat.title[:256] if chat.title else None,
             )
+            if await find_job(session, chat_id=chat.id, message_id=message.message_id):
+                log.info("duplicate_update", chat_id=chat.id, message_id=message.message_id)
+                continue
+            user = await lock_user(session, user_id=user_id)
+            assert user is not None  # upserted above
+            admission = await admit(
+                session,
+                user=user,
+                duration=media.duration,
+                settings=settings,
+                limiters=limiters,
+                now=now,
+            )
+            if admission.refusal is not None:
+                log.info("job_refused", user_id=user_id, reason=admission.refusal[:60])
+                refused.append(Refusal(message, admission.refusal))
+                continue
             job_id = await insert_job(
                 session,
                 chat_id=chat.id,
@@ -120,6 +173,8 @@ async def _store(sessions: Sessions, items: list[tuple[Message, Media]]) -> list
                 file_name=media.file_name[:256] if media.file_name else None,
                 mime_type=media.mime_type[:128] if media.mime_type else None,
                 duration=media.duration,
+                priority=admission.priority,
+                reserved_seconds=admission.reserve,
             )
             if job_id is None:
                 log.info("duplicate_update", chat_id=chat.id, message_id=message.message_id)
@@ -128,4 +183,4 @@ async def _store(sessions: Sessions, items: list[tuple[Message, Media]]) -> list
         await session.commit()
     if job_ids:
         log.info("jobs_accepted", job_ids=job_ids)
-    return job_ids
+    return Recorded(job_ids, refused)

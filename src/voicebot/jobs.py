@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
-from aiogram.types import ReplyParameters
+from sqlalchemy.exc import IntegrityError
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqDepends
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
-from voicebot import texts
+from voicebot import cache, texts
+from voicebot.audio import SAMPLE_RATE, decode
 from voicebot.config import Settings
 from voicebot.db import Sessions
 from voicebot.delivery import (
@@ -31,23 +32,28 @@ from voicebot.engine import Engine
 from voicebot.engine import Transcript as EngineTranscript
 from voicebot.errors import (
     BadAudioError,
+    BannedError,
     FileTooLargeError,
     FileUnavailableError,
+    QuotaExceededError,
     TranscriptionCancelledError,
     VoicebotError,
 )
 from voicebot.models import (
-    ACTIVE,
     FINAL,
     Job,
     JobStatus,
     Transcript,
-    Usage,
-    count_ahead,
+    User,
+    as_utc,
     set_job,
     unfinished_job_ids,
     utcnow,
 )
+from voicebot.quotas import ROUNDING_SECONDS, charge, is_admin, lock_user, standing
+from voicebot.ratelimits import Limiters
+from voicebot.slots import Slots
+from voicebot.status import Progress, acknowledge, ensure_status
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +66,8 @@ class Runtime:
     bot: Bot
     sessions: Sessions
     engine: Engine
-    slots: asyncio.Semaphore
+    slots: Slots
+    limiters: Limiters
     #: Jobs sending their status reply, waiting for a slot, and holding one: shutdown lets the
     #: first and last finish (a reply cut off mid-request would be in doubt) and drops the rest.
     acknowledging: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -87,42 +94,6 @@ def build_broker(runtime: Runtime) -> AsyncBroker:
     return broker
 
 
-async def acknowledge(runtime: Runtime, job_id: int) -> None:
-    """Reply to the job's message with its place in line, once: never a second time."""
-    async with runtime.replies:
-        if not runtime.stopping:  # at shutdown only replies already under way finish
-            await _acknowledge(runtime, job_id)
-
-
-async def _acknowledge(runtime: Runtime, job_id: int) -> None:
-    async with runtime.sessions() as session:
-        job = await session.get(Job, job_id)
-        if job is None or job.status not in ACTIVE or job.status_message_id is not None:
-            return
-        if job.status_requested_at is not None:
-            # The one window that stays open: the reply may have reached Telegram just before
-            # the process died, and sendMessage cannot be asked whether it did. Not sending
-            # another keeps it to at most one stray status; the transcript becomes a new reply.
-            log.warning("status_reply_in_doubt", job_id=job_id, chat_id=job.chat_id)
-            return
-        ahead = await count_ahead(session, job_id=job_id)
-        await set_job(session, job_id=job_id, status_requested_at=utcnow())
-        await session.commit()
-    reply = ReplyParameters(message_id=job.message_id, allow_sending_without_reply=True)
-    text = texts.queued(ahead, runtime.settings.workers)
-    try:
-        status = await with_retries(
-            partial(runtime.bot.send_message, job.chat_id, text, reply_parameters=reply)
-        )
-    except TelegramAPIError as error:
-        # The job is recorded: it still runs, and its result becomes a reply of its own.
-        log.warning("status_not_sent", job_id=job_id, error=str(error))
-        return
-    async with runtime.sessions() as session:
-        await set_job(session, job_id=job_id, status_message_id=status.message_id)
-        await session.commit()
-
-
 async def recover(runtime: Runtime) -> int:
     """Queue again every job accepted but not answered before the last stop."""
     async with runtime.sessions() as session:
@@ -147,9 +118,18 @@ async def transcribe_job(job_id: int, runtime: Runtime = TaskiqDepends()) -> Non
         runtime.acknowledging.discard(current)
     if runtime.stopping:
         return
+    async with runtime.sessions() as session:
+        job = await session.get(Job, job_id)
+    if job is None or job.status in FINAL:
+        return
     runtime.waiting.add(current)
     try:
-        async with runtime.slots:
+        async with runtime.slots.take(
+            job_id=job.id,
+            user_id=job.user_id,
+            priority=job.priority,
+            created_at=as_utc(job.created_at),
+        ):
             runtime.waiting.discard(current)
             runtime.running.add(current)
             await _run(runtime, job_id)
@@ -170,6 +150,8 @@ async def _run(runtime: Runtime, job_id: int) -> None:
         return
     attempts = job.attempts
     try:
+        if job.transcript_id is None and await _sender_banned(runtime, job):
+            raise BannedError(texts.BANNED)
         if job.transcript_id is None:
             if job.attempts >= runtime.settings.job_max_attempts:
                 raise _GaveUpError(texts.GAVE_UP)
@@ -190,12 +172,23 @@ async def _run(runtime: Runtime, job_id: int) -> None:
         await _fail(runtime, job, error)
 
 
+async def _sender_banned(runtime: Runtime, job: Job) -> bool:
+    """Whether the job's sender was banned (admins cannot be) after it was accepted."""
+    if is_admin(runtime.settings, job.user_id):
+        return False
+    async with runtime.sessions() as session:
+        user = await session.get(User, job.user_id)
+    return user is not None and user.banned
+
+
 class _GaveUpError(VoicebotError):
     """The job failed (or crashed the process) too many times."""
 
 
 async def _transcribe(runtime: Runtime, job: Job) -> None:
     settings = runtime.settings
+    if await _from_cache(runtime, job, time.monotonic()):
+        return  # a file seen before (a forwarded voice note): no download, no transcription
     job.attempts += 1
     started = time.monotonic()
     async with runtime.sessions() as session:
@@ -215,10 +208,16 @@ async def _transcribe(runtime: Runtime, job: Job) -> None:
             text=texts.TRANSCRIBING,
         )
     data = await _download(runtime, job)
-    progress = _Progress(runtime, job)
+    sha256 = (await asyncio.to_thread(hashlib.sha256, data)).hexdigest()
+    if await _from_cache(runtime, job, started, sha256=sha256):
+        return  # the same bytes sent again as a new file: no transcription
+    audio = await asyncio.to_thread(decode, data, max_seconds=settings.max_audio_seconds)
+    del data  # the audio is not kept after its job
+    await _check_quota(runtime, job, len(audio) / SAMPLE_RATE)
+    progress = Progress(runtime, job)
     try:
         result = await runtime.engine.transcribe_async(
-            data,
+            audio,
             language=settings.whisper_language,
             allowed_languages=settings.whisper_allowed_languages,
             progress=progress.report,
@@ -228,21 +227,23 @@ async def _transcribe(runtime: Runtime, job: Job) -> None:
         raise asyncio.CancelledError from error
     finally:
         await progress.stop()
-    del data  # the audio is not kept after its job
+    del audio
     async with runtime.sessions() as session:
-        stored = _stored(result, job=job, model=runtime.settings.whisper_model)
+        stored = _stored(result, job=job, settings=settings, sha256=sha256)
         session.add(stored)
         await session.flush()
         job.transcript_id = stored.id
         job.status = JobStatus.transcribed
         await set_job(session, job_id=job.id, transcript_id=stored.id, status=JobStatus.transcribed)
-        session.add(
-            Usage(
-                user_id=job.user_id,
-                job_id=job.id,
-                audio_seconds=result.duration,
-                processing_seconds=time.monotonic() - started,
-            )
+        # The one charge, in the transaction that stores the transcript (usage.job_id is
+        # unique): a crash before the commit charges nothing, a retry cannot charge twice.
+        await charge(
+            session,
+            job=job,
+            audio_seconds=result.duration,
+            processing_seconds=time.monotonic() - started,
+            settings=settings,
+            now=utcnow(),
         )
         await session.commit()
     log.info(
@@ -254,7 +255,27 @@ async def _transcribe(runtime: Runtime, job: Job) -> None:
     )
 
 
-def _stored(result: EngineTranscript, *, job: Job, model: str) -> Transcript:
+async def _check_quota(runtime: Runtime, job: Job, seconds: float) -> None:
+    """Reserve the real duration when it is longer than declared; refuse it if it does not fit."""
+    if seconds <= job.reserved_seconds + ROUNDING_SECONDS:
+        return
+    settings = runtime.settings
+    async with runtime.sessions() as session:
+        user = await lock_user(session, user_id=job.user_id)
+        if user is None:
+            return
+        now = utcnow()
+        where = await standing(session, user=user, settings=settings, now=now, excluding_job=job.id)
+        left = where.left
+        if left is not None and seconds > left + ROUNDING_SECONDS:
+            raise QuotaExceededError(
+                texts.quota_after_decoding(seconds, left, where.resets_at, settings.quota_timezone)
+            )
+        await set_job(session, job_id=job.id, reserved_seconds=seconds)
+        await session.commit()
+
+
+def _stored(result: EngineTranscript, *, job: Job, settings: Settings, sha256: str) -> Transcript:
     return Transcript(
         file_unique_id=job.file_unique_id,
         text=result.text,
@@ -262,8 +283,55 @@ def _stored(result: EngineTranscript, *, job: Job, model: str) -> Transcript:
         language_probability=result.language_probability,
         duration=result.duration,
         segments=[{"start": s.start, "end": s.end, "text": s.text} for s in result.segments],
-        model=model,
+        model=settings.whisper_model,
+        sha256=sha256,
+        language_setting=cache.language_setting(settings),
     )
+
+
+async def _from_cache(
+    runtime: Runtime, job: Job, started: float, *, sha256: str | None = None
+) -> bool:
+    """Answer `job` from the transcript cache (by file, or by `sha256` of its bytes) if it can."""
+    settings = runtime.settings
+    setting, now, ttl = cache.language_setting(settings), utcnow(), settings.cache_ttl_days
+    async with runtime.sessions() as session:
+        if sha256 is None:
+            hit = await cache.find_by_file(
+                session,
+                file_unique_id=job.file_unique_id,
+                model=settings.whisper_model,
+                language_setting=setting,
+                now=now,
+                ttl_days=ttl,
+            )
+        else:
+            hit = await cache.find_by_sha256(
+                session,
+                sha256=sha256,
+                model=settings.whisper_model,
+                language_setting=setting,
+                now=now,
+                ttl_days=ttl,
+            )
+        if hit is None:
+            return False
+        try:
+            await cache.record_hit(
+                session, job=job, transcript=hit, processing_seconds=time.monotonic() - started
+            )
+            await session.commit()
+        except IntegrityError:
+            # The transcript expired and was purged since the lookup: a miss after all.
+            return False
+    job.transcript_id, job.status = hit.id, JobStatus.transcribed
+    log.info(
+        "job_cached",
+        job_id=job.id,
+        transcript_id=hit.id,
+        by="file_unique_id" if sha256 is None else "sha256",
+    )
+    return True
 
 
 async def _download(runtime: Runtime, job: Job) -> bytes:
@@ -299,6 +367,10 @@ async def _deliver(runtime: Runtime, job: Job) -> None:
         fresh = await session.get(Job, job.id)
         assert fresh is not None
         done, status_message_id = fresh.delivered_parts, fresh.status_message_id
+    if done == 0 and status_message_id is None:
+        # The transcript goes into a status message by an (idempotent) edit, never as a new
+        # message that a crash could send twice.
+        status_message_id = await ensure_status(runtime, job.id)
     text = stored.text
     if len(text) > runtime.settings.transcript_file_chars:
         parts = [texts.as_file(len(text))]
@@ -334,7 +406,7 @@ async def _deliver(runtime: Runtime, job: Job) -> None:
 
 async def _fail(runtime: Runtime, job: Job, error: BaseException) -> None:
     """Record the failure and what the user is told, then tell them in their status message."""
-    permanent = isinstance(error, BadAudioError | _GaveUpError)
+    permanent = isinstance(error, BadAudioError | _GaveUpError | QuotaExceededError | BannedError)
     message = str(error) if isinstance(error, VoicebotError) else texts.FAILED
     log.warning(
         "job_failed",
@@ -353,11 +425,12 @@ async def _fail(runtime: Runtime, job: Job, error: BaseException) -> None:
 
 async def _tell_failure(runtime: Runtime, job: Job, message: str) -> None:
     """Show `message` in the status message (an idempotent edit), then mark the job failed."""
+    status_message_id = job.status_message_id or await ensure_status(runtime, job.id)
     try:
         await put_status(
             runtime.bot,
             chat_id=job.chat_id,
-            status_message_id=job.status_message_id,
+            status_message_id=status_message_id,
             reply_to=job.message_id,
             text=message,
         )
@@ -366,39 +439,3 @@ async def _tell_failure(runtime: Runtime, job: Job, message: str) -> None:
     async with runtime.sessions() as session:
         await set_job(session, job_id=job.id, status=JobStatus.failed, finished_at=utcnow())
         await session.commit()
-
-
-class _Progress:
-    """Relays engine progress (from its thread) into throttled status-message edits."""
-
-    def __init__(self, runtime: Runtime, job: Job) -> None:
-        self.runtime = runtime
-        self.job = job
-        self.started = time.monotonic()
-        self.fraction = 0.0
-        self.shown = 0.0
-        self.ticker = asyncio.create_task(self._tick()) if job.status_message_id else None
-
-    def report(self, done: float, total: float) -> None:
-        """Engine callback (worker thread)."""
-        self.fraction = done / total if total else 1.0
-
-    async def _tick(self) -> None:
-        interval = self.runtime.settings.progress_interval_seconds
-        assert self.job.status_message_id is not None
-        while True:
-            await asyncio.sleep(interval)
-            if self.fraction > self.shown and self.fraction < 1.0:
-                self.shown = self.fraction
-                await try_edit(
-                    self.runtime.bot,
-                    chat_id=self.job.chat_id,
-                    message_id=self.job.status_message_id,
-                    text=texts.progress(self.fraction, time.monotonic() - self.started),
-                )
-
-    async def stop(self) -> None:
-        """Stop editing; called when the transcription ends either way."""
-        if self.ticker is not None:
-            self.ticker.cancel()
-            await asyncio.gather(self.ticker, return_exceptions=True)

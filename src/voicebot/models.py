@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -19,20 +19,28 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
+    case,
     false,
     func,
+    or_,
     select,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, aliased, mapped_column
 
 
 def utcnow() -> datetime:
     """Timezone-aware now, the only clock the tables use."""
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """`moment` in UTC; naive values (SQLite hands stored times back so) are UTC already."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -261,12 +269,55 @@ async def find_job(session: AsyncSession, *, chat_id: int, message_id: int) -> J
     return found.scalar_one_or_none()
 
 
-async def count_ahead(session: AsyncSession, *, job_id: int) -> int:
-    """Jobs accepted before `job_id` that are not finished yet."""
+async def count_ahead(session: AsyncSession, *, job_id: int, max_wait: float, now: datetime) -> int:
+    """Unfinished jobs that hold a slot or will get one before `job_id` (the key of `slots`)."""
+    job = await session.get(Job, job_id)
+    if job is None:
+        return 0
+    promoted_since = now - timedelta(seconds=max_wait)
+    mine = (
+        0 if job.priority > 0 or as_utc(job.created_at) <= promoted_since else 1,
+        await _turn_of(session, user_id=job.user_id, job_id=job_id, since=promoted_since),
+    )
+    earlier = aliased(Job)
+    turn = (
+        select(func.count())
+        .select_from(earlier)
+        .where(
+            earlier.user_id == Job.user_id,
+            earlier.id <= Job.id,
+            earlier.created_at >= promoted_since,
+        )
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    klass = case((or_(Job.priority > 0, Job.created_at <= promoted_since), 0), else_=1)
+    before = or_(
+        klass < mine[0],
+        and_(klass == mine[0], or_(turn < mine[1], and_(turn == mine[1], Job.id < job_id))),
+    )
     found = await session.execute(
-        select(func.count()).select_from(Job).where(Job.id < job_id, Job.status.in_(ACTIVE))
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.id != job_id,
+            or_(
+                Job.status.in_((JobStatus.running, JobStatus.transcribed)),
+                and_(Job.status == JobStatus.queued, before),
+            ),
+        )
     )
     return int(found.scalar_one())
+
+
+async def _turn_of(session: AsyncSession, *, user_id: int, job_id: int, since: datetime) -> int:
+    """How many jobs (this one included) its sender has sent since `since`."""
+    found = await session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.user_id == user_id, Job.id <= job_id, Job.created_at >= since)
+    )
+    return int(found or 0)
 
 
 async def unfinished_job_ids(session: AsyncSession) -> list[int]:

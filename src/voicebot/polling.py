@@ -22,9 +22,9 @@ from aiogram.types import Update
 from aiogram.utils.backoff import Backoff, BackoffConfig
 from pydantic import ValidationError
 
-from voicebot import texts
-from voicebot.intake import TRANSIENT_DB_ERRORS, Intake, record
+from voicebot.intake import TRANSIENT_DB_ERRORS, Intake, Refusal, record
 from voicebot.jobs import Runtime
+from voicebot.ratelimits import may_notify
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -97,15 +97,27 @@ async def handle_batch(runtime: Runtime, dispatcher: Dispatcher, batch: list[Any
         if isinstance(result, Exception):
             # The error handler already answered; this is a failure inside it. Move on.
             log.error("update_failed", update_id=update.update_id, error=repr(result))
-    recorded = await record(runtime.sessions, intake)
-    for message in recorded.refused:
-        try:
-            await message.reply(texts.FAILED)
-        except TelegramAPIError as error:
-            log.warning("refusal_not_told", chat_id=message.chat.id, error=str(error))
+    # First come, first decided: quotas and limits favour the earlier message.
+    intake.sort([(u.message.chat.id, u.message.message_id) for u in updates if u.message])
+    recorded = await record(
+        runtime.sessions, intake, settings=runtime.settings, limiters=runtime.limiters
+    )
+    await asyncio.gather(*(tell_refusal(runtime, refusal) for refusal in recorded.refused))
     for job_id in recorded.job_ids:
         await runtime.kick(job_id)
     return max(update_ids) + 1 if update_ids else None
+
+
+async def tell_refusal(runtime: Runtime, refusal: Refusal) -> None:
+    """Reply with the reason a message was refused, at most once a minute per sender."""
+    message = refusal.message
+    sender = message.from_user.id if message.from_user else message.chat.id
+    if not await may_notify(runtime.limiters, user_id=sender):
+        return
+    try:
+        await message.reply(refusal.text)
+    except TelegramAPIError as error:
+        log.warning("refusal_not_told", chat_id=message.chat.id, error=str(error))
 
 
 def parse_update(item: Any, bot: Bot) -> Update | None:

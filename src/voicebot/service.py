@@ -15,6 +15,8 @@ from aiogram.types import BotCommand, User
 
 from voicebot import texts
 from voicebot.bot import build_dispatcher
+from voicebot.bot.admin import set_admin_menus
+from voicebot.cache import purge_periodically
 from voicebot.config import Settings
 from voicebot.db import build_engine as build_db_engine
 from voicebot.db import build_sessions, upgrade_async
@@ -22,6 +24,8 @@ from voicebot.engine import build_engine
 from voicebot.errors import ConfigError
 from voicebot.jobs import Runtime, build_broker, recover
 from voicebot.polling import poll
+from voicebot.ratelimits import build_limiters
+from voicebot.slots import Slots
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +64,8 @@ async def serve(settings: Settings) -> None:
                 bot=bot,
                 sessions=build_sessions(database),
                 engine=engine,
-                slots=asyncio.Semaphore(settings.workers),
+                slots=Slots(settings.workers, max_wait=settings.priority_max_wait_seconds),
+                limiters=build_limiters(settings),
             )
             await _poll(runtime, me)
         finally:
@@ -83,11 +88,22 @@ async def _poll(runtime: Runtime, me: User) -> None:
             model=settings.whisper_model,
             workers=settings.workers,
         )
-        await bot.set_my_commands(
-            [BotCommand(command=name, description=text) for name, text in texts.COMMANDS.items()]
-        )
+        # /buy and /paysupport only while purchases are on (STARS_PACKAGES).
+        public = texts.COMMANDS | (texts.PAYMENT_COMMANDS if settings.stars_packages else {})
+        menu = [BotCommand(command=name, description=text) for name, text in public.items()]
+        await bot.set_my_commands(menu)
+        await set_admin_menus(bot, settings, menu)
         await recover(runtime)
-        await poll(runtime, dispatcher, _stop_on_signals())
+        # Expired cached transcripts are purged now and hourly; no job waits for it.
+        purging = asyncio.create_task(
+            purge_periodically(runtime.sessions, ttl_days=settings.cache_ttl_days)
+        )
+        try:
+            await poll(runtime, dispatcher, _stop_on_signals())
+        finally:
+            purging.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purging
         log.info(
             "shutting_down",
             running=len(runtime.running),

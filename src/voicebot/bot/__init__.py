@@ -7,7 +7,7 @@ from aiogram import Dispatcher
 from aiogram.types import ErrorEvent
 
 from voicebot import texts
-from voicebot.bot import commands, media
+from voicebot.bot import access, admin, commands, media, payments
 from voicebot.jobs import Runtime
 
 log = structlog.get_logger(__name__)
@@ -16,7 +16,15 @@ log = structlog.get_logger(__name__)
 def build_dispatcher(runtime: Runtime) -> Dispatcher:
     """A dispatcher with every router; handlers receive `runtime` from workflow data."""
     dispatcher = Dispatcher(runtime=runtime)
-    dispatcher.include_routers(media.build_router(), commands.build_router())
+    # admin before commands: the commands router's catch-all would answer an admin's /stats.
+    # access first: with an allowlist, outsiders' updates stop there.
+    dispatcher.include_routers(
+        access.build_router(runtime.settings),
+        media.build_router(),
+        admin.build_router(),
+        payments.build_router(),
+        commands.build_router(),
+    )
     dispatcher.errors.register(on_error)
     return dispatcher
 

@@ -1,0 +1,72 @@
+"""Who may add a job now: bans, the per-user and total bounds, the quota, the rate limits.
+
+Decided inside the transaction that records the batch, from what the database holds (and the
+rate-limit storage), so several bot processes sharing one database decide alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from voicebot import texts
+from voicebot.config import Settings
+from voicebot.models import ACTIVE, Job, User
+from voicebot.quotas import is_admin, priority_of, standing
+from voicebot.ratelimits import Limiters, take_job
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Admitted (with the job's priority and reservation), or refused with what to tell."""
+
+    refusal: str | None = None
+    priority: int = 0
+    reserve: float = 0.0
+
+
+async def admit(
+    session: AsyncSession,
+    *,
+    user: User,
+    duration: float | None,
+    settings: Settings,
+    limiters: Limiters,
+    now: datetime,
+) -> Admission:
+    """Whether `user` may add a job of `duration` seconds (None: not declared) now."""
+    if is_admin(settings, user.id):
+        return Admission(priority=1, reserve=duration or 0.0)
+    if user.banned:
+        return Admission(texts.BANNED)
+    active = await count_active(session, user_id=user.id)
+    if active >= settings.user_max_active_jobs:
+        return Admission(texts.too_many_active(settings.user_max_active_jobs))
+    if await count_active(session) >= settings.max_queue_size:
+        return Admission(texts.QUEUE_FULL)
+    where = await standing(session, user=user, settings=settings, now=now)
+    need = duration or 0.0
+    left = where.left
+    # A file without a declared duration reserves after decoding; it needs something left.
+    if left is not None and (need > left or left <= 0):
+        purchases = bool(settings.stars_packages)
+        return Admission(
+            texts.quota_refused(need, left, where.resets_at, settings.quota_timezone, purchases)
+        )
+    exceeded = await take_job(limiters, user_id=user.id)
+    if exceeded is not None:
+        return Admission(
+            texts.rate_limited(exceeded.scope, exceeded.per_minute, exceeded.retry_after)
+        )
+    return Admission(priority=priority_of(settings, user, now), reserve=need)
+
+
+async def count_active(session: AsyncSession, *, user_id: int | None = None) -> int:
+    """Unfinished jobs: of one user, or of everyone."""
+    query = select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE))
+    if user_id is not None:
+        query = query.where(Job.user_id == user_id)
+    return int(await session.scalar(query) or 0)

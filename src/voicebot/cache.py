@@ -1,0 +1,164 @@
+"""The transcript cache: a recording seen before is answered from its stored transcript.
+
+Only transcripts are cached, never audio. A transcript is found by the file's `file_unique_id`
+(a forwarded voice note keeps it, so no download is needed) or by the SHA-256 of its bytes (the
+same audio sent again as a new file, so no transcription is needed). A hit must have been made
+with the model and language setting in use now, and be younger than CACHE_TTL_DAYS; older ones
+are never served and `purge_expired` deletes them. CACHE_TTL_DAYS=0 turns the cache off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import ColumnElement, Select, delete, exists, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
+
+from voicebot.config import Settings
+from voicebot.db import Sessions
+from voicebot.models import ACTIVE, FINAL, Job, JobStatus, Transcript, Usage, set_job, utcnow
+
+log = structlog.get_logger(__name__)
+
+#: How often a running bot purges expired transcripts (and once at start).
+PURGE_INTERVAL_SECONDS = 3600.0
+
+
+def language_setting(settings: Settings) -> str:
+    """The language setting transcripts are made with now: "en", "auto" or "auto:en,ru"."""
+    if settings.whisper_language:
+        # A fixed language wins: the engine then ignores WHISPER_ALLOWED_LANGUAGES.
+        return settings.whisper_language.strip().lower()
+    allowed = sorted({code.strip().lower() for code in settings.whisper_allowed_languages})
+    return "auto:" + ",".join(allowed) if allowed else "auto"
+
+
+def _cutoff(now: datetime, ttl_days: float) -> datetime:
+    """Transcripts created at or before this moment have expired."""
+    return now - timedelta(days=ttl_days)
+
+
+def _fresh(
+    key: ColumnElement[bool], *, model: str, language_setting: str, now: datetime, ttl_days: float
+) -> Select[Transcript]:
+    return (
+        select(Transcript)
+        .where(
+            key,
+            Transcript.model == model,
+            Transcript.language_setting == language_setting,
+            Transcript.created_at > _cutoff(now, ttl_days),
+        )
+        .order_by(Transcript.created_at.desc(), Transcript.id.desc())
+        .limit(1)
+    )
+
+
+async def find_by_file(
+    session: AsyncSession,
+    *,
+    file_unique_id: str,
+    model: str,
+    language_setting: str,
+    now: datetime,
+    ttl_days: float,
+) -> Transcript | None:
+    """The newest unexpired transcript of this Telegram file made with this model and setting."""
+    if ttl_days <= 0:
+        return None
+    query = _fresh(
+        Transcript.file_unique_id == file_unique_id,
+        model=model,
+        language_setting=language_setting,
+        now=now,
+        ttl_days=ttl_days,
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def find_by_sha256(
+    session: AsyncSession,
+    *,
+    sha256: str,
+    model: str,
+    language_setting: str,
+    now: datetime,
+    ttl_days: float,
+) -> Transcript | None:
+    """The newest unexpired transcript of these bytes made with this model and setting."""
+    if ttl_days <= 0:
+        return None
+    query = _fresh(
+        Transcript.sha256 == sha256,
+        model=model,
+        language_setting=language_setting,
+        now=now,
+        ttl_days=ttl_days,
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def record_hit(
+    session: AsyncSession, *, job: Job, transcript: Transcript, processing_seconds: float
+) -> None:
+    """Answer `job` with `transcript`: it becomes transcribed, with a usage row that charges 0."""
+    # Leaving queued/running also releases the job's quota reservation.
+    await set_job(session, job_id=job.id, transcript_id=transcript.id, status=JobStatus.transcribed)
+    session.add(
+        Usage(
+            user_id=job.user_id,
+            job_id=job.id,
+            audio_seconds=transcript.duration,
+            processing_seconds=processing_seconds,
+            charged_seconds=0.0,
+            balance_seconds=0.0,
+            cached=True,
+        )
+    )
+
+
+async def purge_expired(session: AsyncSession, *, now: datetime, ttl_days: float) -> int:
+    """Delete expired transcripts no unfinished job needs, detaching finished jobs; the count."""
+    if ttl_days <= 0:
+        return 0  # the cache is off: transcripts are kept, as they were before it
+    needing = aliased(Job)  # its own alias: the UPDATE below is over jobs too
+    needed = (
+        exists()
+        .where(needing.transcript_id == Transcript.id, needing.status.in_(ACTIVE))
+        .correlate(Transcript)
+    )
+    expired = select(Transcript.id).where(Transcript.created_at <= _cutoff(now, ttl_days), ~needed)
+    await session.execute(
+        update(Job)
+        .where(Job.transcript_id.in_(expired), Job.status.in_(FINAL))
+        .values(transcript_id=None)
+    )
+    deleted = await session.execute(
+        delete(Transcript)
+        .where(Transcript.id.in_(expired))
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(deleted, "rowcount", 0) or 0)
+
+
+async def purge_periodically(
+    sessions: Sessions, *, ttl_days: float, interval: float = PURGE_INTERVAL_SECONDS
+) -> None:
+    """Purge expired transcripts now and then every `interval` seconds, until cancelled."""
+    if ttl_days <= 0:
+        return
+    while True:
+        try:
+            async with sessions() as session:
+                count = await purge_expired(session, now=utcnow(), ttl_days=ttl_days)
+                await session.commit()
+            if count:
+                log.info("cache_purged", transcripts=count)
+        except SQLAlchemyError as error:
+            # A busy or unreachable database: the next round tries again; serving goes on.
+            log.warning("cache_purge_failed", error=repr(error))
+        await asyncio.sleep(interval)

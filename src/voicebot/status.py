@@ -1,0 +1,111 @@
+"""The status message: the first reply to a job, its progress edits, and where results go.
+
+Every result (transcript, failure) is an edit of the status message, which is idempotent; the
+status message itself is the one new message a job sends for sure. Before sending one, the job
+commits `status_requested_at`; if a restart finds that set and no message id, the earlier reply
+may or may not have reached Telegram (sendMessage cannot be asked, nor a chat's messages
+listed): the job logs `status_reply_in_doubt` and sends a new one. So a crash can leave a stray
+status above the answer, never a second transcript.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+from typing import TYPE_CHECKING
+
+import structlog
+from aiogram.exceptions import TelegramAPIError
+from aiogram.types import ReplyParameters
+
+from voicebot import texts
+from voicebot.delivery import try_edit, with_retries
+from voicebot.models import ACTIVE, Job, count_ahead, set_job, utcnow
+
+if TYPE_CHECKING:
+    from voicebot.jobs import Runtime
+
+log = structlog.get_logger(__name__)
+
+
+async def acknowledge(runtime: Runtime, job_id: int) -> None:
+    """Reply to the job's message with its place in line, unless it has a status message."""
+    async with runtime.replies:
+        if not runtime.stopping:  # at shutdown only replies already under way finish
+            await ensure_status(runtime, job_id, queued=True)
+
+
+async def ensure_status(runtime: Runtime, job_id: int, *, queued: bool = False) -> int | None:
+    """The job's status message id, sending one first when it has none (None if that fails).
+
+    `queued`: the text is the place in line; otherwise "Transcribing…".
+    """
+    async with runtime.sessions() as session:
+        job = await session.get(Job, job_id)
+        if job is None or job.status not in ACTIVE:
+            return None
+        if job.status_message_id is not None:
+            return job.status_message_id
+        if job.status_requested_at is not None:
+            log.warning("status_reply_in_doubt", job_id=job_id, chat_id=job.chat_id)
+        text = texts.TRANSCRIBING
+        if queued:
+            ahead = await count_ahead(
+                session,
+                job_id=job_id,
+                max_wait=runtime.settings.priority_max_wait_seconds,
+                now=utcnow(),
+            )
+            text = texts.queued(ahead, runtime.settings.workers)
+        await set_job(session, job_id=job_id, status_requested_at=utcnow())
+        await session.commit()
+    reply = ReplyParameters(message_id=job.message_id, allow_sending_without_reply=True)
+    try:
+        status = await with_retries(
+            partial(runtime.bot.send_message, job.chat_id, text, reply_parameters=reply)
+        )
+    except TelegramAPIError as error:
+        # The job is recorded: it still runs, and its result gets a status message later.
+        log.warning("status_not_sent", job_id=job_id, error=str(error))
+        return None
+    async with runtime.sessions() as session:
+        await set_job(session, job_id=job_id, status_message_id=status.message_id)
+        await session.commit()
+    return status.message_id
+
+
+class Progress:
+    """Relays engine progress (from its thread) into throttled status-message edits."""
+
+    def __init__(self, runtime: Runtime, job: Job) -> None:
+        self.runtime = runtime
+        self.job = job
+        self.started = time.monotonic()
+        self.fraction = 0.0
+        self.shown = 0.0
+        self.ticker = asyncio.create_task(self._tick()) if job.status_message_id else None
+
+    def report(self, done: float, total: float) -> None:
+        """Engine callback (worker thread)."""
+        self.fraction = done / total if total else 1.0
+
+    async def _tick(self) -> None:
+        interval = self.runtime.settings.progress_interval_seconds
+        assert self.job.status_message_id is not None
+        while True:
+            await asyncio.sleep(interval)
+            if self.fraction > self.shown and self.fraction < 1.0:
+                self.shown = self.fraction
+                await try_edit(
+                    self.runtime.bot,
+                    chat_id=self.job.chat_id,
+                    message_id=self.job.status_message_id,
+                    text=texts.progress(self.fraction, time.monotonic() - self.started),
+                )
+
+    async def stop(self) -> None:
+        """Stop editing; called when the transcription ends either way."""
+        if self.ticker is not None:
+            self.ticker.cancel()
+            await asyncio.gather(self.ticker, return_exceptions=True)
