@@ -113,6 +113,16 @@ def main() -> None:
         "--rate", type=float, default=0.0, help="burst push rate, updates/s (0: all at once)"
     )
     parser.add_argument("--timeout", type=float, default=90.0, help="deadline per phase, seconds")
+    parser.add_argument(
+        "--default-limits",
+        action="store_true",
+        help="keep the default rate limits, active-job and queue bounds (many media are refused)",
+    )
+    parser.add_argument(
+        "--no-transcription",
+        action="store_true",
+        help="media that fail at once (declared over the 20 MB download limit): the door only",
+    )
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument(
         "--corpus", type=Path, default=Path(os.environ.get("CORPUS_DIR", DEFAULT_CORPUS))
@@ -159,6 +169,12 @@ async def run_phase(
         workdir = Path(tmp)
         database = workdir / "data" / "voicebot.db"
         async with FakeBotAPI() as api:
+            lifted = {
+                "USER_MAX_ACTIVE_JOBS": "100000",
+                "USER_JOBS_PER_MINUTE": "100000",
+                "GLOBAL_JOBS_PER_MINUTE": "100000",
+                "MAX_QUEUE_SIZE": "100000",
+            }
             bot = BotProcess(
                 api,
                 workdir,
@@ -167,11 +183,8 @@ async def run_phase(
                 WORKERS="1",
                 DATABASE_URL=f"sqlite+aiosqlite:///{database}",
                 SHUTDOWN_GRACE_SECONDS="1",
-                # Every message is meant to be accepted here: no per-user or global bound bites.
-                USER_MAX_ACTIVE_JOBS="100000",
-                USER_JOBS_PER_MINUTE="100000",
-                GLOBAL_JOBS_PER_MINUTE="100000",
-                MAX_QUEUE_SIZE="100000",
+                # Unless asked for the defaults, every message is accepted: no bound bites.
+                **({} if args.default_limits else lifted),
             )
             try:
                 return await _measure(name, api, bot, database, args, notes, rng, count)
@@ -196,7 +209,7 @@ async def _measure(
     clock = time.time() - time.monotonic()  # monotonic Call.at + clock = wall clock
     pushed: list[Pushed] = []
     if name == "backlog":
-        pushed += push_all(api, notes, rng, count, args.users)
+        pushed += push_all(api, notes, rng, count, args.users, args.no_transcription)
     launched = time.monotonic()
     try:
         await bot.start(timeout=120)
@@ -209,9 +222,11 @@ async def _measure(
         await asyncio.sleep(1.0)  # idle: start-up calls done, the bot sits in a long poll
         started = time.time()
         if args.rate > 0:
-            pushed += await push_paced(api, notes, rng, count, args.users, args.rate)
+            pushed += await push_paced(
+                api, notes, rng, count, args.users, args.rate, args.no_transcription
+            )
         else:
-            pushed += push_all(api, notes, rng, count, args.users)
+            pushed += push_all(api, notes, rng, count, args.users, args.no_transcription)
         phase = Phase(name, pushed, start=started, push_seconds=time.time() - started)
     phase.startup_seconds = first_poll - launched
 
@@ -221,7 +236,8 @@ async def _measure(
     while True:
         jobs = _count_jobs(database)
         answers = len(text_answers(api, phase))
-        if jobs >= len(media) and answers >= texts and not api.pending_updates:
+        recorded = args.default_limits or jobs >= len(media)  # refusals record nothing
+        if recorded and answers >= texts and not api.pending_updates:
             break
         if bot.exited or time.monotonic() > deadline:
             why = "the bot exited" if bot.exited else f"not done within {args.timeout:.0f} s"
@@ -239,25 +255,41 @@ async def _measure(
 
 
 def push_all(
-    api: FakeBotAPI, notes: Sequence[Note], rng: random.Random, count: int, users: int
+    api: FakeBotAPI,
+    notes: Sequence[Note],
+    rng: random.Random,
+    count: int,
+    users: int,
+    light: bool = False,
 ) -> list[Pushed]:
     """Push `count` updates in one go (no yield to the event loop in between)."""
-    return [push_one(api, notes, rng, users, n + 1) for n in range(count)]
+    return [push_one(api, notes, rng, users, n + 1, light) for n in range(count)]
 
 
 async def push_paced(
-    api: FakeBotAPI, notes: Sequence[Note], rng: random.Random, count: int, users: int, rate: float
+    api: FakeBotAPI,
+    notes: Sequence[Note],
+    rng: random.Random,
+    count: int,
+    users: int,
+    rate: float,
+    light: bool = False,
 ) -> list[Pushed]:
     """Push `count` updates at `rate` per second."""
     start, pushed = time.monotonic(), []
     for index in range(count):
         await asyncio.sleep(max(0.0, start + index / rate - time.monotonic()))
-        pushed.append(push_one(api, notes, rng, users, index + 1))
+        pushed.append(push_one(api, notes, rng, users, index + 1, light))
     return pushed
 
 
 def push_one(
-    api: FakeBotAPI, notes: Sequence[Note], rng: random.Random, users: int, update_id: int
+    api: FakeBotAPI,
+    notes: Sequence[Note],
+    rng: random.Random,
+    users: int,
+    update_id: int,
+    light: bool = False,
 ) -> Pushed:
     """One update of the mix (60% voice notes, 10% audio documents, 30% texts) as `update_id`.
 
@@ -265,7 +297,16 @@ def push_one(
     """
     user, roll = FIRST_USER + rng.randrange(users), rng.random()
     note = rng.choice(notes)
-    if roll < 0.6:
+    if roll < 0.6 and light:
+        kind = "voice"
+        message_id = api.send_voice_ref(
+            user,
+            file_id=f"big-{update_id}",
+            file_unique_id=f"big-u-{update_id}",
+            file_size=25 * 1024 * 1024,
+            duration=note.duration,
+        )
+    elif roll < 0.6:
         kind, message_id = "voice", api.send_voice(user, note.data, duration=note.duration)
     elif roll < 0.7:
         kind = "document"
@@ -362,6 +403,7 @@ def early(phase: Phase) -> tuple[int, int]:
     media = sum(
         phase.confirmed[m.update_id] < phase.recorded[(m.chat_id, m.message_id)]
         for m in phase.media
+        if (m.chat_id, m.message_id) in phase.recorded
     )
     texts = sum(
         phase.confirmed[t.update_id] < phase.answered[(t.chat_id, t.message_id)]
@@ -389,7 +431,7 @@ def render(phases: list[Phase], args: argparse.Namespace) -> str:
     ]
     for p in phases:
         last = {
-            "media": max(p.recorded[(m.chat_id, m.message_id)] for m in p.media) - p.start,
+            "media": max(p.recorded.values(), default=p.start) - p.start,
             "confirmed": max(p.confirmed[u.update_id] for u in p.pushed) - p.start,
             "texts": max((p.answered[(t.chat_id, t.message_id)] for t in p.texts), default=p.start)
             - p.start,
@@ -410,7 +452,9 @@ def render(phases: list[Phase], args: argparse.Namespace) -> str:
         since = "first getUpdates" if p.name == "backlog" else "push"
         rows = {
             "media → job row": [
-                p.recorded[(m.chat_id, m.message_id)] - _zero(p, m) for m in p.media
+                p.recorded[(m.chat_id, m.message_id)] - _zero(p, m)
+                for m in p.media
+                if (m.chat_id, m.message_id) in p.recorded
             ],
             "text → answer": [p.answered[(t.chat_id, t.message_id)] - _zero(p, t) for t in p.texts],
             "update → confirmed": [p.confirmed[u.update_id] - _zero(p, u) for u in p.pushed],
@@ -434,7 +478,8 @@ def render(phases: list[Phase], args: argparse.Namespace) -> str:
         media, texts = early(p)
         lines.append(
             f"- {p.name}: bot start-up to first getUpdates {p.startup_seconds:.1f} s{pushing}; "
-            f"job statuses when all was in: {worked}; bot log errors: {p.errors}; confirmed "
+            f"job statuses when all was in: {worked}; media refused at the door: "
+            f"{len(p.media) - len(p.recorded)}; bot log errors: {p.errors}; confirmed "
             f"before recorded (lost if the bot is killed in between): {media}/{len(p.media)} "
             f"media, {texts}/{len(p.texts)} texts."
         )

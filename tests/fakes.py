@@ -399,15 +399,28 @@ class FakeBotAPI:
         voice |= {"duration": duration, "mime_type": "audio/ogg"}
         return self._user_message(user_id, voice=voice, **extra)
 
-    def press_button(self, user_id: int, message_id: int, data: str) -> str:
+    def press_button(
+        self,
+        user_id: int,
+        message_id: int,
+        data: str,
+        *,
+        chat_id: int | None = None,
+        stale: bool = False,
+    ) -> str:
         """Push the user's press of the inline button ``data`` on bot message ``message_id``.
 
-        Returns the callback query id; raises ValueError when the message has no such button.
+        The message is in ``chat_id`` (default: the user's private chat; another chat stands
+        for a group both are in). Returns the callback query id; raises ValueError when the
+        message has no such button now (an edit without reply_markup removes it), unless
+        ``stale``: the user's app still shows an older version of the message, with the button.
         """
-        msg = self._chat_msgs[user_id].get(message_id)
+        chat = user_id if chat_id is None else chat_id
+        msg = self._chat_msgs[chat].get(message_id)
         rows = (msg or {}).get("reply_markup", {}).get("inline_keyboard", [])
-        if not any(button.get("callback_data") == data for row in rows for button in row):
-            raise ValueError(f"message {message_id} in chat {user_id} has no button {data!r}")
+        pressable = any(button.get("callback_data") == data for row in rows for button in row)
+        if msg is None or not (pressable or stale):
+            raise ValueError(f"message {message_id} in chat {chat} has no button {data!r}")
         query_id = self._new_query("callback_query")
         query = {"id": query_id, "from": self._from(user_id), "message": msg}
         query |= {"chat_instance": str(-user_id), "data": data}

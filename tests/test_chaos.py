@@ -7,8 +7,13 @@ just after the bot confirmed it to Telegram, which then forgets it), during star
 transcription (after a file download), mid delivery (after a transcript went out) and at
 uniformly random moments. Then it is started one last time and left to finish.
 
+In some rounds the user presses the Cancel button of a random waiting or running job just
+before the kill, so the press may be handled, half handled or delivered again after the start.
+
 The chat is then read as a user sees it: every media message has exactly one visible reply
-that is its transcript, every job row is `done`, and the last process exits 0 on SIGTERM. A
+that is its transcript (or, for a pressed one, either that or "Cancelled." with its job
+`cancelled` and nothing charged), every other job row is `done`, every press was answered, and
+the last process exits 0 on SIGTERM. A
 status reply left behind ("Queued…", "Transcribing…") is allowed only where the bot logged
 `status_reply_in_doubt` for that job: a SIGKILL between Telegram's sendMessage and storing its
 id cannot be told apart from a lost request, and sendMessage is not idempotent.
@@ -79,6 +84,7 @@ _STATUS_SHAPES = (
     _shape(texts.as_file(12345)),
 )
 _ERRORS = (texts.FAILED, texts.GAVE_UP, texts.UNAVAILABLE, texts.NOT_MEDIA, texts.HELP)
+FINAL = ("done", "failed", "cancelled")
 
 
 def is_status(text: str) -> bool:
@@ -118,11 +124,14 @@ class Round:
     moment: str
     delay: float  # seconds after the event; for "startup", a fraction of the start-up time
     burst: tuple[Item, ...]
+    #: Whether a Cancel button is pressed after the event, just before the kill.
+    press: bool = False
 
     def __str__(self) -> str:
         unit = "x start-up" if self.moment == "startup" else "s"
         sent = ", ".join(f"{i.chat_id}:{i.kind}:{i.clip.split('_')[-1][:-4]}" for i in self.burst)
-        return f"{self.moment:<8} +{self.delay:.3f}{unit:<10} burst [{sent}]"
+        pressing = " + a Cancel press" if self.press else ""
+        return f"{self.moment:<8} +{self.delay:.3f}{unit:<10} burst [{sent}]{pressing}"
 
 
 @dataclass(frozen=True)
@@ -150,7 +159,10 @@ def plan(rng: random.Random) -> tuple[list[Round], tuple[Item, ...]]:
         "delivery": lambda: rng.uniform(0.0, 0.05),
         "random": lambda: rng.uniform(0.0, 4.0),
     }
-    rounds = [Round(moment, delays[moment](), burst(rng)) for moment in moments]
+    rounds = [
+        Round(moment, delays[moment](), burst(rng), moment != "startup" and rng.random() < 0.4)
+        for moment in moments
+    ]
     return rounds, burst(rng)
 
 
@@ -168,6 +180,8 @@ class Chaos:
     def __init__(self, api: FakeBotAPI, corpus: Path) -> None:
         self.api, self.corpus = api, corpus
         self.sent: list[Sent] = []
+        #: Media messages whose Cancel button was pressed, and the press's callback query id.
+        self.pressed: dict[tuple[int, int], str] = {}
         self._media: dict[tuple[str, str], bytes] = {}
 
     def push(self, items: tuple[Item, ...]) -> set[tuple[int, int]]:
@@ -189,6 +203,25 @@ class Chaos:
                 message_id = self.api.send_video_note(item.chat_id, data, duration=4)
             self.sent.append(Sent(item.chat_id, message_id, item.kind, item.clip))
         return {(s.chat_id, s.message_id) for s in self.sent[first:]}
+
+    def press(self, rng: random.Random) -> tuple[int, int] | None:
+        """Press the Cancel button of a random status message that shows one; which."""
+        showing = [
+            (s, m, data)
+            for s in self.sent
+            if (s.chat_id, s.message_id) not in self.pressed
+            for m in self.api.messages(s.chat_id)
+            if m.reply_to == s.message_id and not m.deleted
+            for row in (m.reply_markup or {}).get("inline_keyboard", [])
+            for data in (button.get("callback_data") for button in row)
+            if str(data).startswith("cancel:")
+        ]
+        if not showing:
+            return None
+        sent, status, data = rng.choice(showing)
+        key = (sent.chat_id, sent.message_id)
+        self.pressed[key] = self.api.press_button(sent.chat_id, status.message_id, str(data))
+        return key
 
     def media(self, kind: str, clip: str) -> bytes:
         """The file of a `kind` message carrying `clip`, encoded once."""
@@ -223,6 +256,7 @@ class Chaos:
         return not any(
             (update["message"]["chat"]["id"], update["message"]["message_id"]) in burst
             for update in self.api.pending_updates
+            if "message" in update
         )
 
     def transcript_sent_since(self, mark: int) -> bool:
@@ -296,6 +330,7 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
         USER_MAX_ACTIVE_JOBS="100",
     )
     chaos = Chaos(api, corpus)
+    presses = random.Random(seed + 1)
     startup = 0.0
     for number, round_ in enumerate(rounds, 1):
         mark, spawned = len(api.calls), time.monotonic()
@@ -320,6 +355,8 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
                 seen = await until(partial(chaos.called_since, mark, "downloadFile"), EVENT_TIMEOUT)
             elif round_.moment == "delivery":
                 seen = await until(partial(chaos.transcript_sent_since, mark), EVENT_TIMEOUT)
+            if round_.press and (pressed := chaos.press(presses)) is not None:
+                print(f"      pressed Cancel for chat {pressed[0]} message {pressed[1]}")
             await asyncio.sleep(round_.delay)
             what = EVENTS[round_.moment] if seen else f"with no event in {EVENT_TIMEOUT:.0f}s"
         code = await bot.stop(signal.SIGKILL)
@@ -344,17 +381,22 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
 
     def settled() -> bool:
         rows = job_rows(database)
+        cancelled = {(row[1], row[2]) for row in rows or [] if row[3] == "cancelled"}
         return (
             rows is not None
             and len(rows) == len(chaos.sent)
-            and all(row[3] == "done" for row in rows)
-            and all(answered(sent) for sent in chaos.sent)
+            and all(row[3] in ("done", "cancelled") for row in rows)
+            and all(
+                answered(sent) or (sent.chat_id, sent.message_id) in cancelled
+                for sent in chaos.sent
+            )
+            and all(api.query_answer(query) for query in chaos.pressed.values())
         )
 
     def idle() -> bool:
         """No job active and nothing but long polls for a while: nothing more will come."""
         rows = job_rows(database)
-        active = rows is None or any(row[3] not in ("done", "failed") for row in rows)
+        active = rows is None or any(row[3] not in FINAL for row in rows)
         last = max((c.at for c in api.calls if c.method != "getUpdates"), default=0.0)
         return not active and time.monotonic() - last > 10
 
@@ -364,10 +406,13 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
 
     rows = job_rows(database) or []
     problems = check_chat(api, chaos.sent, rows, bot.output(), references_by_clip)
+    problems.lines += check_presses(api, chaos.pressed, rows, database)
     elapsed = time.monotonic() - began
+    cancelled = sum(1 for row in rows if row[3] == "cancelled")
     print(
         f"{len(chaos.sent)} media messages, {len(rounds)} kills, "
-        f"{problems.orphans} orphan status replies (logged in doubt), {elapsed:.0f}s"
+        f"{problems.orphans} orphan status replies (logged in doubt), "
+        f"{len(chaos.pressed)} Cancel presses ({cancelled} cancelled), {elapsed:.0f}s"
     )
     if problems.lines:
         pytest.fail(
@@ -416,17 +461,26 @@ def check_chat(
         if job_id is None and not replies:
             lines.append(f"{label}: lost (no job row, no reply)")
             continue
-        if status != "done":
-            lines.append(f"{label}: job {job_id} is {status}")
-        transcripts = [m for m in replies if is_transcript_of(m.text or "", references[s.clip])]
-        if len(transcripts) != 1:
-            shown = [m.text for m in replies] or "no reply"
-            lines.append(f"{label}: {len(transcripts)} transcripts; replies: {shown}")
+        if status == "cancelled":
+            # Checked against the presses in `check_presses`; here: it says so. (A stray
+            # status reply in doubt has a Cancel button too: pressed, it says so as well.)
+            transcripts = [m for m in replies if m.text == texts.CANCELLED][:1]
+            if not transcripts:
+                shown = [m.text for m in replies] or "no reply"
+                lines.append(f"{label}: cancelled, but no reply says so; replies: {shown}")
+        else:
+            if status != "done":
+                lines.append(f"{label}: job {job_id} is {status}")
+            transcripts = [m for m in replies if is_transcript_of(m.text or "", references[s.clip])]
+            if len(transcripts) != 1:
+                shown = [m.text for m in replies] or "no reply"
+                lines.append(f"{label}: {len(transcripts)} transcripts; replies: {shown}")
         for m in replies:
             if m in transcripts:
                 continue
             text = m.text or f"<document {m.document and m.document.filename}>"
-            if is_status(text) and job_id is not None and job_id in in_doubt:
+            stray = is_status(text) or (status == "cancelled" and text == texts.CANCELLED)
+            if stray and job_id is not None and job_id in in_doubt:
                 orphans += 1
             elif is_status(text):
                 lines.append(f"{label}: orphan status reply {text!r}, job {job_id} not in doubt")
@@ -435,3 +489,31 @@ def check_chat(
             else:
                 lines.append(f"{label}: extra reply {text!r}")
     return Findings(lines, orphans)
+
+
+def check_presses(
+    api: FakeBotAPI,
+    pressed: dict[tuple[int, int], str],
+    rows: list[tuple[int, int, int, str]],
+    database: Path,
+) -> list[str]:
+    """Every press answered; only pressed jobs cancelled, and those neither charged nor stored."""
+    lines: list[str] = []
+    jobs = {(chat_id, message_id): (job_id, status) for job_id, chat_id, message_id, status in rows}
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
+        charged = {int(job_id) for (job_id,) in connection.execute("SELECT job_id FROM usage")}
+        linked = {
+            int(job_id)
+            for (job_id,) in connection.execute(
+                "SELECT id FROM jobs WHERE transcript_id IS NOT NULL"
+            )
+        }
+    for key, (job_id, status) in sorted(jobs.items()):
+        label = f"chat {key[0]} message {key[1]} (job {job_id})"
+        if key in pressed and api.query_answer(pressed[key]) is None:
+            lines.append(f"{label}: its Cancel press was never answered")
+        if status == "cancelled" and key not in pressed:
+            lines.append(f"{label}: cancelled, but nobody pressed Cancel")
+        if status == "cancelled" and job_id in charged | linked:
+            lines.append(f"{label}: cancelled, yet charged or given a transcript")
+    return lines

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from voicebot import texts
 from voicebot.config import Settings
 from voicebot.models import ACTIVE, Job, User
-from voicebot.quotas import is_admin, priority_of, standing
+from voicebot.quotas import daily_allowance, is_admin, priority_of, standing
 from voicebot.ratelimits import Limiters, take_job
 
 
@@ -28,11 +28,38 @@ class Admission:
     reserve: float = 0.0
 
 
+@dataclass
+class Counts:
+    """Unfinished jobs, in all and per user, read once per batch and kept up as jobs are added."""
+
+    total: int
+    by_user: dict[int, int]
+
+    def add(self, user_id: int) -> None:
+        """Count a job just admitted."""
+        self.total += 1
+        self.by_user[user_id] = self.by_user.get(user_id, 0) + 1
+
+
+async def count_active(session: AsyncSession, *, user_ids: list[int]) -> Counts:
+    """Unfinished jobs in all and of each of `user_ids`."""
+    total = await session.scalar(
+        select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE))
+    )
+    found = await session.execute(
+        select(Job.user_id, func.count())
+        .where(Job.status.in_(ACTIVE), Job.user_id.in_(user_ids))
+        .group_by(Job.user_id)
+    )
+    return Counts(int(total or 0), {user_id: int(count) for user_id, count in found.tuples()})
+
+
 async def admit(
     session: AsyncSession,
     *,
     user: User,
     duration: float | None,
+    counts: Counts,
     settings: Settings,
     limiters: Limiters,
     now: datetime,
@@ -42,31 +69,23 @@ async def admit(
         return Admission(priority=1, reserve=duration or 0.0)
     if user.banned:
         return Admission(texts.BANNED)
-    active = await count_active(session, user_id=user.id)
-    if active >= settings.user_max_active_jobs:
+    if counts.by_user.get(user.id, 0) >= settings.user_max_active_jobs:
         return Admission(texts.too_many_active(settings.user_max_active_jobs))
-    if await count_active(session) >= settings.max_queue_size:
+    if counts.total >= settings.max_queue_size:
         return Admission(texts.QUEUE_FULL)
-    where = await standing(session, user=user, settings=settings, now=now)
     need = duration or 0.0
-    left = where.left
-    # A file without a declared duration reserves after decoding; it needs something left.
-    if left is not None and (need > left or left <= 0):
-        purchases = bool(settings.stars_packages)
-        return Admission(
-            texts.quota_refused(need, left, where.resets_at, settings.quota_timezone, purchases)
-        )
+    if daily_allowance(settings, user, now) is not None:
+        where = await standing(session, user=user, settings=settings, now=now)
+        left = where.left
+        # A file without a declared duration reserves after decoding; it needs something left.
+        if left is not None and (need > left or left <= 0):
+            purchases = bool(settings.stars_packages)
+            return Admission(
+                texts.quota_refused(need, left, where.resets_at, settings.quota_timezone, purchases)
+            )
     exceeded = await take_job(limiters, user_id=user.id)
     if exceeded is not None:
         return Admission(
             texts.rate_limited(exceeded.scope, exceeded.per_minute, exceeded.retry_after)
         )
     return Admission(priority=priority_of(settings, user, now), reserve=need)
-
-
-async def count_active(session: AsyncSession, *, user_id: int | None = None) -> int:
-    """Unfinished jobs: of one user, or of everyone."""
-    query = select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE))
-    if user_id is not None:
-        query = query.where(Job.user_id == user_id)
-    return int(await session.scalar(query) or 0)

@@ -20,7 +20,17 @@ from sqlalchemy.orm import aliased
 
 from voicebot.config import Settings
 from voicebot.db import Sessions
-from voicebot.models import ACTIVE, FINAL, Job, JobStatus, Transcript, Usage, set_job, utcnow
+from voicebot.models import (
+    ACTIVE,
+    FINAL,
+    RESERVING,
+    Job,
+    JobStatus,
+    Transcript,
+    Usage,
+    set_job_if,
+    utcnow,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -104,10 +114,21 @@ async def find_by_sha256(
 
 async def record_hit(
     session: AsyncSession, *, job: Job, transcript: Transcript, processing_seconds: float
-) -> None:
-    """Answer `job` with `transcript`: it becomes transcribed, with a usage row that charges 0."""
+) -> bool:
+    """Answer `job` with `transcript` (transcribed, a usage row that charges 0); False if cancelled.
+
+    Only a job still queued or running is answered: for one cancelled meanwhile nothing is written.
+    """
     # Leaving queued/running also releases the job's quota reservation.
-    await set_job(session, job_id=job.id, transcript_id=transcript.id, status=JobStatus.transcribed)
+    answered = await set_job_if(
+        session,
+        job_id=job.id,
+        statuses=RESERVING,
+        transcript_id=transcript.id,
+        status=JobStatus.transcribed,
+    )
+    if not answered:
+        return False
     session.add(
         Usage(
             user_id=job.user_id,
@@ -119,6 +140,7 @@ async def record_hit(
             cached=True,
         )
     )
+    return True
 
 
 async def purge_expired(session: AsyncSession, *, now: datetime, ttl_days: float) -> int:

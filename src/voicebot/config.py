@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     job_max_attempts: int = Field(default=3, ge=1)
     progress_interval_seconds: float = Field(default=5.0, ge=1.0)
+    #: Queue-position edits a second for all chats together (Telegram allows about 30 messages).
+    position_edits_per_second: int = Field(default=20, ge=1)
     transcript_file_chars: int = Field(default=12000, ge=4096)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 

@@ -16,7 +16,7 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
     TelegramServerError,
 )
-from aiogram.types import BufferedInputFile, ReplyParameters
+from aiogram.types import BufferedInputFile, InlineKeyboardMarkup, ReplyParameters
 
 MESSAGE_LIMIT = 4096
 TRANSIENT = (TelegramNetworkError, TelegramServerError, TelegramRetryAfter)
@@ -82,10 +82,22 @@ async def with_retries(call: Callable[[], Awaitable[T]], *, retries: int = 2) ->
             await asyncio.sleep(delay)
 
 
-async def edit_text(bot: Bot, *, chat_id: int, message_id: int, text: str) -> None:
-    """Edit a message; an edit that changes nothing counts as done (so retries are harmless)."""
+async def edit_text(
+    bot: Bot,
+    *,
+    chat_id: int,
+    message_id: int,
+    text: str,
+    reply_markup: InlineKeyboardMarkup | None = None,
+) -> None:
+    """Edit a message; an edit that changes nothing counts as done (so retries are harmless).
+
+    Without `reply_markup` the message's inline keyboard (a Cancel button) goes away.
+    """
     try:
-        await bot.edit_message_text(text=text, chat_id=chat_id, message_id=message_id)
+        await bot.edit_message_text(
+            text=text, chat_id=chat_id, message_id=message_id, reply_markup=reply_markup
+        )
     except TelegramBadRequest as error:
         if "message is not modified" not in error.message:
             raise
@@ -122,10 +134,19 @@ async def put_status(
     return sent.message_id
 
 
-async def try_edit(bot: Bot, *, chat_id: int, message_id: int, text: str) -> None:
+async def try_edit(
+    bot: Bot,
+    *,
+    chat_id: int,
+    message_id: int,
+    text: str,
+    reply_markup: InlineKeyboardMarkup | None = None,
+) -> None:
     """Best-effort edit for progress: a busy or flaky API only skips this update."""
     try:
-        await edit_text(bot, chat_id=chat_id, message_id=message_id, text=text)
+        await edit_text(
+            bot, chat_id=chat_id, message_id=message_id, text=text, reply_markup=reply_markup
+        )
     except (*TRANSIENT, TelegramBadRequest) as error:
         log.info("progress_edit_skipped", error=str(error))
 

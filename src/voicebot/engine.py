@@ -127,6 +127,8 @@ class Engine:
             cancel.set()
             # Wait for the thread to notice so the model is free for the next job.
             await asyncio.wait([work])
+            if not work.cancelled():
+                work.exception()  # its TranscriptionCancelledError is expected: mark it seen
             raise
 
     def _transcribe(

@@ -54,6 +54,10 @@ class TranscriptionCancelledError(VoicebotError):
     """The transcription was cancelled before it finished."""
 
 
+class JobCancelledError(VoicebotError):
+    """The job's sender (or an admin) cancelled it: it stops, nothing is charged or delivered."""
+
+
 class TranscriptionTimeoutError(VoicebotError):
     """The transcription ran past its time limit."""
 

@@ -13,13 +13,14 @@ from functools import partial
 import structlog
 from aiogram.types import Message
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from voicebot import texts
-from voicebot.admission import admit
+from voicebot.admission import admit, count_active
 from voicebot.config import Settings
 from voicebot.db import Sessions
-from voicebot.models import find_job, insert_job, upsert_user_and_chat, utcnow
-from voicebot.quotas import lock_user
+from voicebot.models import Sender, existing_jobs, insert_job, upsert_senders, utcnow
+from voicebot.quotas import lock_users
 from voicebot.ratelimits import Limiters
 
 log = structlog.get_logger(__name__)
@@ -128,44 +129,36 @@ async def _store(
     refused: list[Refusal] = []
     now = utcnow()
     async with sessions() as session:
+        # The upserts come first: on SQLite they take the write lock, so what the decisions
+        # below read cannot change under them; on PostgreSQL lock_users locks the rows.
+        senders = await _upsert_senders(session, items)
+        users = await lock_users(session, user_ids=sorted(set(senders.values())))
+        counts = await count_active(session, user_ids=list(users))
+        seen = await existing_jobs(session, keys=list(senders))
         for message, media in items:
-            sender, chat = message.from_user, message.chat
-            # Anonymous group admins and channels have no from_user; the chat stands in.
-            user_id = sender.id if sender is not None else chat.id
-            # The upsert comes first: on SQLite it takes the write lock, so what the decisions
-            # below read cannot change under them; on PostgreSQL lock_user locks the row.
-            await upsert_user_and_chat(
-                session,
-                user_id=user_id,
-                first_name=(sender.first_name if sender else chat.title or "")[:256],
-                username=sender.username if sender else chat.username,
-                language_code=sender.language_code if sender else None,
-                chat_id=chat.id,
-                chat_type=chat.type,
-                chat_title=chat.title[:256] if chat.title else None,
-            )
-            if await find_job(session, chat_id=chat.id, message_id=message.message_id):
-                log.info("duplicate_update", chat_id=chat.id, message_id=message.message_id)
+            key = (message.chat.id, message.message_id)
+            if key in seen:
+                log.info("duplicate_update", chat_id=key[0], message_id=key[1])
                 continue
-            user = await lock_user(session, user_id=user_id)
-            assert user is not None  # upserted above
+            user = users[senders[key]]
             admission = await admit(
                 session,
                 user=user,
                 duration=media.duration,
+                counts=counts,
                 settings=settings,
                 limiters=limiters,
                 now=now,
             )
             if admission.refusal is not None:
-                log.info("job_refused", user_id=user_id, reason=admission.refusal[:60])
+                log.info("job_refused", user_id=user.id, reason=admission.refusal[:60])
                 refused.append(Refusal(message, admission.refusal))
                 continue
             job_id = await insert_job(
                 session,
-                chat_id=chat.id,
-                user_id=user_id,
-                message_id=message.message_id,
+                chat_id=key[0],
+                user_id=user.id,
+                message_id=key[1],
                 kind=media.kind,
                 file_id=media.file_id,
                 file_unique_id=media.file_unique_id,
@@ -176,11 +169,36 @@ async def _store(
                 priority=admission.priority,
                 reserved_seconds=admission.reserve,
             )
-            if job_id is None:
-                log.info("duplicate_update", chat_id=chat.id, message_id=message.message_id)
-            else:
+            if job_id is not None:
                 job_ids.append(job_id)
+                counts.add(user.id)
         await session.commit()
     if job_ids:
         log.info("jobs_accepted", job_ids=job_ids)
     return Recorded(job_ids, refused)
+
+
+async def _upsert_senders(
+    session: AsyncSession, items: list[tuple[Message, Media]]
+) -> dict[tuple[int, int], int]:
+    """Record the batch's senders and chats; the sender's id of each message."""
+    senders: dict[tuple[int, int], int] = {}
+    rows: list[Sender] = []
+    for message, _ in items:
+        sender, chat = message.from_user, message.chat
+        # Anonymous group admins and channels have no from_user; the chat stands in.
+        user_id = sender.id if sender else chat.id
+        senders[(chat.id, message.message_id)] = user_id
+        rows.append(
+            Sender(
+                user_id=user_id,
+                first_name=(sender.first_name if sender else chat.title or "")[:256],
+                username=sender.username if sender else chat.username,
+                language_code=sender.language_code if sender else None,
+                chat_id=chat.id,
+                chat_type=chat.type,
+                chat_title=chat.title[:256] if chat.title else None,
+            )
+        )
+    await upsert_senders(session, senders=rows)
+    return senders

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import io
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,25 +36,29 @@ from voicebot.errors import (
     BannedError,
     FileTooLargeError,
     FileUnavailableError,
+    JobCancelledError,
     QuotaExceededError,
     TranscriptionCancelledError,
     VoicebotError,
 )
 from voicebot.models import (
+    ACTIVE,
     FINAL,
+    RESERVING,
     Job,
     JobStatus,
     Transcript,
     User,
     as_utc,
     set_job,
+    set_job_if,
     unfinished_job_ids,
     utcnow,
 )
 from voicebot.quotas import ROUNDING_SECONDS, charge, is_admin, lock_user, standing
 from voicebot.ratelimits import Limiters
 from voicebot.slots import Slots
-from voicebot.status import Progress, acknowledge, ensure_status
+from voicebot.status import Progress, acknowledge, cancel_keyboard, ensure_status, status_lock
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +84,18 @@ class Runtime:
     #: Status replies in flight at once: within Telegram's rate, and at most this many in doubt
     #: after a crash (see `acknowledge`).
     replies: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
+    #: The tasks of jobs waiting for or holding a slot, by job id: a cancel stops them there.
+    tasks: dict[int, asyncio.Task[Any]] = field(default_factory=dict)
+    #: Jobs whose task is being stopped because the database says they were cancelled (as
+    #: opposed to a shutdown, which postpones them).
+    cancelling: set[int] = field(default_factory=set)
+    #: The place in line each waiting job's status message shows, and when it was shown
+    #: (monotonic seconds): what the position loop compares with. Display only, decides nothing.
+    positions: dict[int, tuple[int, float]] = field(default_factory=dict)
+    #: See `status.status_lock`; an entry lives while someone holds or waits for it.
+    status_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = field(
+        default_factory=weakref.WeakValueDictionary
+    )
 
     async def kick(self, job_id: int) -> None:
         """Queue job `job_id` on the broker."""
@@ -123,6 +140,7 @@ async def transcribe_job(job_id: int, runtime: Runtime = TaskiqDepends()) -> Non
     if job is None or job.status in FINAL:
         return
     runtime.waiting.add(current)
+    runtime.tasks[job_id] = current
     try:
         async with runtime.slots.take(
             job_id=job.id,
@@ -133,9 +151,22 @@ async def transcribe_job(job_id: int, runtime: Runtime = TaskiqDepends()) -> Non
             runtime.waiting.discard(current)
             runtime.running.add(current)
             await _run(runtime, job_id)
+    except JobCancelledError:
+        # Found cancelled by a conditional update (the transcript, a cache hit, the start).
+        runtime.tasks.pop(job_id, None)
+        await _tell_cancelled(runtime, job_id, running=current in runtime.running)
+    except asyncio.CancelledError:
+        if job_id not in runtime.cancelling:
+            raise  # shutdown: the job stays recorded for the next start
+        # `cancels.stop` cancelled this task: the job was cancelled, and ends here.
+        current.uncancel()
+        runtime.tasks.pop(job_id, None)
+        await _tell_cancelled(runtime, job_id, running=current in runtime.running)
     finally:
         runtime.waiting.discard(current)
         runtime.running.discard(current)
+        runtime.tasks.pop(job_id, None)
+        runtime.cancelling.discard(job_id)
 
 
 async def _run(runtime: Runtime, job_id: int) -> None:
@@ -158,12 +189,20 @@ async def _run(runtime: Runtime, job_id: int) -> None:
             await _transcribe(runtime, job)
         await _deliver(runtime, job)
     except asyncio.CancelledError:
-        # Shutdown: leave the job for the next start, without counting this attempt.
+        if job_id in runtime.cancelling:
+            raise  # cancelled by its sender: `transcribe_job` ends it
+        # Shutdown: leave the job for the next start, without counting this attempt (unless
+        # it was cancelled meanwhile, which is final).
         status = JobStatus.queued if job.transcript_id is None else JobStatus.transcribed
         async with runtime.sessions() as session:
-            await set_job(session, job_id=job_id, status=status, attempts=attempts)
+            postponed = await set_job_if(
+                session, job_id=job_id, statuses=ACTIVE, status=status, attempts=attempts
+            )
             await session.commit()
-        bound.info("job_postponed")
+        if postponed:
+            bound.info("job_postponed")
+        raise
+    except JobCancelledError:
         raise
     except (VoicebotError, TelegramAPIError) as error:
         await _fail(runtime, job, error)
@@ -192,21 +231,26 @@ async def _transcribe(runtime: Runtime, job: Job) -> None:
     job.attempts += 1
     started = time.monotonic()
     async with runtime.sessions() as session:
-        await set_job(
+        began = await set_job_if(
             session,
             job_id=job.id,
+            statuses=RESERVING,  # not one cancelled just before it got its slot
             status=JobStatus.running,
             attempts=job.attempts,
             started_at=utcnow(),
         )
         await session.commit()
+    if not began:
+        raise JobCancelledError(texts.CANCELLED)
     if job.status_message_id is not None:
-        await try_edit(
-            runtime.bot,
-            chat_id=job.chat_id,
-            message_id=job.status_message_id,
-            text=texts.TRANSCRIBING,
-        )
+        async with status_lock(runtime, job.id):
+            await try_edit(
+                runtime.bot,
+                chat_id=job.chat_id,
+                message_id=job.status_message_id,
+                text=texts.TRANSCRIBING,
+                reply_markup=cancel_keyboard(job.id),
+            )
     data = await _download(runtime, job)
     sha256 = (await asyncio.to_thread(hashlib.sha256, data)).hexdigest()
     if await _from_cache(runtime, job, started, sha256=sha256):
@@ -232,9 +276,20 @@ async def _transcribe(runtime: Runtime, job: Job) -> None:
         stored = _stored(result, job=job, settings=settings, sha256=sha256)
         session.add(stored)
         await session.flush()
+        # Only a job still queued or running gets its transcript and charge: the cancel and
+        # this transaction each change the status conditionally, so whichever commits first wins.
+        kept = await set_job_if(
+            session,
+            job_id=job.id,
+            statuses=RESERVING,
+            transcript_id=stored.id,
+            status=JobStatus.transcribed,
+        )
+        if not kept:
+            await session.rollback()
+            raise JobCancelledError(texts.CANCELLED)
         job.transcript_id = stored.id
         job.status = JobStatus.transcribed
-        await set_job(session, job_id=job.id, transcript_id=stored.id, status=JobStatus.transcribed)
         # The one charge, in the transaction that stores the transcript (usage.job_id is
         # unique): a crash before the commit charges nothing, a retry cannot charge twice.
         await charge(
@@ -317,9 +372,10 @@ async def _from_cache(
         if hit is None:
             return False
         try:
-            await cache.record_hit(
+            if not await cache.record_hit(
                 session, job=job, transcript=hit, processing_seconds=time.monotonic() - started
-            )
+            ):
+                raise JobCancelledError(texts.CANCELLED)  # nothing written: it was cancelled
             await session.commit()
         except IntegrityError:
             # The transcript expired and was purged since the lookup: a miss after all.
@@ -388,16 +444,17 @@ async def _deliver(runtime: Runtime, job: Job) -> None:
             )
             await session.commit()
 
-    await deliver(
-        runtime.bot,
-        chat_id=job.chat_id,
-        reply_to=job.message_id,
-        status_message_id=status_message_id,
-        parts=parts,
-        document=document,
-        done=done,
-        on_part_sent=on_part_sent,
-    )
+    async with status_lock(runtime, job.id):
+        await deliver(
+            runtime.bot,
+            chat_id=job.chat_id,
+            reply_to=job.message_id,
+            status_message_id=status_message_id,
+            parts=parts,
+            document=document,
+            done=done,
+            on_part_sent=on_part_sent,
+        )
     async with runtime.sessions() as session:
         await set_job(session, job_id=job.id, status=JobStatus.done, finished_at=utcnow())
         await session.commit()
@@ -416,26 +473,57 @@ async def _fail(runtime: Runtime, job: Job, error: BaseException) -> None:
         permanent=permanent,
     )
     async with runtime.sessions() as session:
-        await set_job(
-            session, job_id=job.id, error_code=error.__class__.__name__, error_text=message
+        recorded = await set_job_if(
+            session,
+            job_id=job.id,
+            statuses=ACTIVE,  # a job cancelled meanwhile stays cancelled, and says so
+            error_code=error.__class__.__name__,
+            error_text=message,
         )
         await session.commit()
-    await _tell_failure(runtime, job, message)
+    if recorded:
+        await _tell_failure(runtime, job, message)
 
 
 async def _tell_failure(runtime: Runtime, job: Job, message: str) -> None:
     """Show `message` in the status message (an idempotent edit), then mark the job failed."""
     status_message_id = job.status_message_id or await ensure_status(runtime, job.id)
     try:
-        await put_status(
-            runtime.bot,
-            chat_id=job.chat_id,
-            status_message_id=status_message_id,
-            reply_to=job.message_id,
-            text=message,
-        )
+        async with status_lock(runtime, job.id):
+            await put_status(
+                runtime.bot,
+                chat_id=job.chat_id,
+                status_message_id=status_message_id,
+                reply_to=job.message_id,
+                text=message,
+            )
     except TelegramAPIError as notify_error:
         log.warning("failure_not_told", job_id=job.id, error=str(notify_error))
     async with runtime.sessions() as session:
-        await set_job(session, job_id=job.id, status=JobStatus.failed, finished_at=utcnow())
+        await set_job_if(
+            session,
+            job_id=job.id,
+            statuses=ACTIVE,
+            status=JobStatus.failed,
+            finished_at=utcnow(),
+        )
         await session.commit()
+
+
+async def _tell_cancelled(runtime: Runtime, job_id: int, *, running: bool) -> None:
+    """Log the stop and show "Cancelled" again: a progress edit may have overtaken the first."""
+    log.info("job_cancelled", job_id=job_id, running=running)
+    async with runtime.sessions() as session:
+        job = await session.get(Job, job_id)
+    if job is None or job.status_message_id is None:
+        return
+    try:
+        async with status_lock(runtime, job_id):
+            await try_edit(
+                runtime.bot,
+                chat_id=job.chat_id,
+                message_id=job.status_message_id,
+                text=texts.CANCELLED,
+            )
+    except TelegramAPIError as error:  # for one, the user blocked the bot since
+        log.warning("cancel_not_told", job_id=job_id, error=str(error))

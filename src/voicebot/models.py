@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -243,6 +245,64 @@ async def upsert_user_and_chat(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """Who sent a message, and in which chat: what the door records about them."""
+
+    user_id: int
+    first_name: str
+    username: str | None
+    language_code: str | None
+    chat_id: int
+    chat_type: str
+    chat_title: str | None
+
+
+async def upsert_senders(session: AsyncSession, *, senders: list[Sender]) -> None:
+    """Record many users and chats in two statements, refreshing what may have changed."""
+    if not senders:
+        return
+    now = utcnow()
+    insert = _insert_for(session)
+    users = {s.user_id: s for s in senders}
+    new_users = insert(User).values(
+        [
+            {
+                "id": s.user_id,
+                "first_name": s.first_name,
+                "username": s.username,
+                "language_code": s.language_code,
+                "created_at": now,
+                "last_seen_at": now,
+            }
+            for s in users.values()
+        ]
+    )
+    await session.execute(
+        new_users.on_conflict_do_update(
+            index_elements=[User.id],
+            set_={
+                "first_name": new_users.excluded.first_name,
+                "username": new_users.excluded.username,
+                "language_code": new_users.excluded.language_code,
+                "last_seen_at": now,
+            },
+        )
+    )
+    chats = {s.chat_id: s for s in senders}
+    new_chats = insert(Chat).values(
+        [
+            {"id": s.chat_id, "type": s.chat_type, "title": s.chat_title, "created_at": now}
+            for s in chats.values()
+        ]
+    )
+    await session.execute(
+        new_chats.on_conflict_do_update(
+            index_elements=[Chat.id], set_={"title": new_chats.excluded.title}
+        )
+    )
+
+
 def _insert_for(session: AsyncSession) -> Any:
     """The dialect's INSERT with ON CONFLICT support (PostgreSQL or SQLite)."""
     return postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
@@ -259,6 +319,18 @@ async def insert_job(session: AsyncSession, **values: Any) -> int | None:
         .returning(Job.id)
     )
     return found.scalar_one_or_none()
+
+
+async def existing_jobs(
+    session: AsyncSession, *, keys: list[tuple[int, int]]
+) -> set[tuple[int, int]]:
+    """Which of the (chat_id, message_id) pairs already have a job."""
+    if not keys:
+        return set()
+    found = await session.execute(
+        select(Job.chat_id, Job.message_id).where(tuple_(Job.chat_id, Job.message_id).in_(keys))
+    )
+    return {(chat_id, message_id) for chat_id, message_id in found.tuples()}
 
 
 async def find_job(session: AsyncSession, *, chat_id: int, message_id: int) -> Job | None:
@@ -329,3 +401,13 @@ async def unfinished_job_ids(session: AsyncSession) -> list[int]:
 async def set_job(session: AsyncSession, *, job_id: int, **values: Any) -> None:
     """Update columns of one job."""
     await session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+async def set_job_if(
+    session: AsyncSession, *, job_id: int, statuses: tuple[JobStatus, ...], **values: Any
+) -> bool:
+    """Update columns of one job only while its status is one of `statuses`; whether it was."""
+    done = await session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_(statuses)).values(**values)
+    )
+    return bool(getattr(done, "rowcount", 0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -82,6 +83,7 @@ async def poll(
 async def handle_batch(runtime: Runtime, dispatcher: Dispatcher, batch: list[Any]) -> int | None:
     """Handle one getUpdates batch and commit its jobs; return the offset that confirms it."""
     bot = runtime.bot
+    started = time.monotonic()
     update_ids = [
         item["update_id"]
         for item in batch
@@ -99,12 +101,23 @@ async def handle_batch(runtime: Runtime, dispatcher: Dispatcher, batch: list[Any
             log.error("update_failed", update_id=update.update_id, error=repr(result))
     # First come, first decided: quotas and limits favour the earlier message.
     intake.sort([(u.message.chat.id, u.message.message_id) for u in updates if u.message])
+    fed = time.monotonic()
     recorded = await record(
         runtime.sessions, intake, settings=runtime.settings, limiters=runtime.limiters
     )
+    stored = time.monotonic()
     await asyncio.gather(*(tell_refusal(runtime, refusal) for refusal in recorded.refused))
     for job_id in recorded.job_ids:
         await runtime.kick(job_id)
+    log.debug(
+        "batch_handled",
+        updates=len(batch),
+        jobs=len(recorded.job_ids),
+        refused=len(recorded.refused),
+        seconds=round(time.monotonic() - started, 4),
+        handlers=round(fed - started, 4),
+        record=round(stored - fed, 4),
+    )
     return max(update_ids) + 1 if update_ids else None
 
 

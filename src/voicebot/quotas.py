@@ -130,6 +130,17 @@ async def standing(
     )
 
 
+async def lock_users(session: AsyncSession, *, user_ids: list[int]) -> dict[int, User]:
+    """The users' rows by id, locked for this transaction where the database can (PostgreSQL).
+
+    Locked in id order, so two transactions locking overlapping sets cannot deadlock.
+    """
+    found = await session.execute(
+        select(User).where(User.id.in_(user_ids)).order_by(User.id).with_for_update()
+    )
+    return {user.id: user for user in found.scalars()}
+
+
 async def lock_user(session: AsyncSession, *, user_id: int) -> User | None:
     """The user row, locked for this transaction where the database can (PostgreSQL)."""
     found = await session.execute(select(User).where(User.id == user_id).with_for_update())

@@ -13,7 +13,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError
 from aiogram.types import BotCommand, User
 
-from voicebot import texts
+from voicebot import cancels, positions, texts
 from voicebot.bot import build_dispatcher
 from voicebot.bot.admin import set_admin_menus
 from voicebot.cache import purge_periodically
@@ -94,16 +94,23 @@ async def _poll(runtime: Runtime, me: User) -> None:
         await bot.set_my_commands(menu)
         await set_admin_menus(bot, settings, menu)
         await recover(runtime)
-        # Expired cached transcripts are purged now and hourly; no job waits for it.
-        purging = asyncio.create_task(
-            purge_periodically(runtime.sessions, ttl_days=settings.cache_ttl_days)
-        )
+        background = [
+            # Expired cached transcripts are purged now and hourly; no job waits for it.
+            asyncio.create_task(
+                purge_periodically(runtime.sessions, ttl_days=settings.cache_ttl_days)
+            ),
+            # Jobs cancelled by another process stop here too; queue positions stay current.
+            asyncio.create_task(cancels.watch(runtime)),
+            asyncio.create_task(positions.show_positions(runtime)),
+        ]
         try:
             await poll(runtime, dispatcher, _stop_on_signals())
         finally:
-            purging.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purging
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         log.info(
             "shutting_down",
             running=len(runtime.running),

@@ -6,6 +6,9 @@ commits `status_requested_at`; if a restart finds that set and no message id, th
 may or may not have reached Telegram (sendMessage cannot be asked, nor a chat's messages
 listed): the job logs `status_reply_in_doubt` and sends a new one. So a crash can leave a stray
 status above the answer, never a second transcript.
+
+While the job is queued or transcribing, the status message carries a Cancel button
+(`cancel_keyboard`); the transcript, failure and "Cancelled" edits carry none, which removes it.
 """
 
 from __future__ import annotations
@@ -17,16 +20,42 @@ from typing import TYPE_CHECKING
 
 import structlog
 from aiogram.exceptions import TelegramAPIError
-from aiogram.types import ReplyParameters
+from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
 
 from voicebot import texts
 from voicebot.delivery import try_edit, with_retries
-from voicebot.models import ACTIVE, Job, count_ahead, set_job, utcnow
+from voicebot.models import ACTIVE, RESERVING, Job, count_ahead, set_job, utcnow
 
 if TYPE_CHECKING:
     from voicebot.jobs import Runtime
 
 log = structlog.get_logger(__name__)
+
+#: callback_data of the Cancel button: the prefix and the job id.
+CANCEL_PREFIX = "cancel:"
+
+
+def cancel_keyboard(job_id: int) -> InlineKeyboardMarkup:
+    """The Cancel button a status message carries while its job is queued or transcribing."""
+    button = InlineKeyboardButton(text=texts.CANCEL, callback_data=f"{CANCEL_PREFIX}{job_id}")
+    return InlineKeyboardMarkup(inline_keyboard=[[button]])
+
+
+def place_in_line(ahead: int, workers: int) -> int:
+    """1 for the job that gets the next free slot; 0 when a slot is free for it now."""
+    return max(0, ahead - workers + 1)
+
+
+def status_lock(runtime: Runtime, job_id: int) -> asyncio.Lock:
+    """The lock held around edits of the job's status message that must not be overtaken.
+
+    A position edit re-reads the job under it, so one decided while the job was queued cannot
+    land after the job's own "Transcribing…", transcript, failure or "Cancelled" edit.
+    """
+    lock = runtime.status_locks.get(job_id)
+    if lock is None:
+        lock = runtime.status_locks[job_id] = asyncio.Lock()
+    return lock
 
 
 async def acknowledge(runtime: Runtime, job_id: int) -> None:
@@ -49,7 +78,7 @@ async def ensure_status(runtime: Runtime, job_id: int, *, queued: bool = False) 
             return job.status_message_id
         if job.status_requested_at is not None:
             log.warning("status_reply_in_doubt", job_id=job_id, chat_id=job.chat_id)
-        text = texts.TRANSCRIBING
+        text, place = texts.TRANSCRIBING, None
         if queued:
             ahead = await count_ahead(
                 session,
@@ -58,17 +87,29 @@ async def ensure_status(runtime: Runtime, job_id: int, *, queued: bool = False) 
                 now=utcnow(),
             )
             text = texts.queued(ahead, runtime.settings.workers)
+            place = place_in_line(ahead, runtime.settings.workers)
         await set_job(session, job_id=job_id, status_requested_at=utcnow())
         await session.commit()
     reply = ReplyParameters(message_id=job.message_id, allow_sending_without_reply=True)
+    # A job already transcribed gets this message only to carry its transcript: no button.
+    keyboard = cancel_keyboard(job_id) if job.status in RESERVING else None
     try:
         status = await with_retries(
-            partial(runtime.bot.send_message, job.chat_id, text, reply_parameters=reply)
+            partial(
+                runtime.bot.send_message,
+                job.chat_id,
+                text,
+                reply_parameters=reply,
+                reply_markup=keyboard,
+            )
         )
     except TelegramAPIError as error:
         # The job is recorded: it still runs, and its result gets a status message later.
         log.warning("status_not_sent", job_id=job_id, error=str(error))
         return None
+    if place is not None:
+        # The position loop edits it only when it changes (and not within the interval).
+        runtime.positions[job_id] = (place, time.monotonic())
     async with runtime.sessions() as session:
         await set_job(session, job_id=job_id, status_message_id=status.message_id)
         await session.commit()
@@ -102,6 +143,7 @@ class Progress:
                     chat_id=self.job.chat_id,
                     message_id=self.job.status_message_id,
                     text=texts.progress(self.fraction, time.monotonic() - self.started),
+                    reply_markup=cancel_keyboard(self.job.id),
                 )
 
     async def stop(self) -> None:

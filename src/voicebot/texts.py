@@ -343,3 +343,12 @@ def me(report: Report, timezone: str, purchases: bool) -> str:
 def display_name(first_name: str, username: str | None) -> str:
     """How a user is named to admins: first name and @username when there is one."""
     return f"{first_name} @{username}".strip() if username else first_name or "—"
+
+
+# --- Cancel ------------------------------------------------------------------------------------
+CANCEL = "Cancel"
+CANCELLED = "Cancelled."
+CANCEL_DONE = "Cancelled: this recording will not be transcribed, and nothing is charged."
+CANCEL_FINISHED = "This recording is already finished, so there is nothing to cancel."
+CANCEL_NOT_YOURS = "Only the person who sent this recording can cancel it."
+BUTTON_FAILED = "Sorry, something went wrong on my side. Please try again in a moment."

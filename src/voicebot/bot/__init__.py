@@ -7,7 +7,7 @@ from aiogram import Dispatcher
 from aiogram.types import ErrorEvent
 
 from voicebot import texts
-from voicebot.bot import access, admin, commands, media, payments
+from voicebot.bot import access, admin, cancel, commands, media, payments
 from voicebot.jobs import Runtime
 
 log = structlog.get_logger(__name__)
@@ -23,6 +23,7 @@ def build_dispatcher(runtime: Runtime) -> Dispatcher:
         media.build_router(),
         admin.build_router(),
         payments.build_router(),
+        cancel.build_router(),
         commands.build_router(),
     )
     dispatcher.errors.register(on_error)
@@ -32,10 +33,12 @@ def build_dispatcher(runtime: Runtime) -> Dispatcher:
 async def on_error(event: ErrorEvent) -> bool:
     """Log any handler failure and tell the user; the bot keeps serving."""
     log.error("handler_failed", error=repr(event.exception), exc_info=event.exception)
-    message = event.update.message
-    if message is not None:
-        try:
+    message, query = event.update.message, event.update.callback_query
+    try:
+        if message is not None:
             await message.answer(texts.FAILED)
-        except Exception as error:  # noqa: BLE001 - already failing; log and move on
-            log.warning("error_not_told", error=repr(error))
+        elif query is not None:
+            await query.answer(texts.BUTTON_FAILED, show_alert=True)  # every press is answered
+    except Exception as error:  # noqa: BLE001 - already failing; log and move on
+        log.warning("error_not_told", error=repr(error))
     return True

@@ -1,0 +1,190 @@
+"""Live queue positions: a waiting job's status message follows its place in line.
+
+One loop per process (`show_positions`) reads every waiting job's place each TICK_SECONDS, in
+one pass with the key `slots` and `models.count_ahead` use (class, turn, id), and edits the
+status messages whose place changed:
+- each message at most once per PROGRESS_INTERVAL_SECONDS (its first reply counts);
+- at most POSITION_EDITS_PER_SECOND edits in any second for all chats together, counted in a
+  moving window in the rate-limit storage, so replies and transcripts keep room under
+  Telegram's ~30 messages a second;
+- nearest the front first; a message the budget does not reach skips the places it missed and
+  shows the one current when its turn comes. A burst of 200 queued jobs costs the budget, no
+  more.
+
+An edit re-reads its job under `status.status_lock`, so it never lands after the job's own
+"Transcribing…", transcript, failure or "Cancelled" edit.
+
+With several bot processes on one database every process would run this loop over every
+queued job: the cap holds across them with a shared (`redis://`) rate-limit storage, but the
+edits would be repeated. The scale-out issue should run it in one process (a lease row), or keep
+the shown place in the jobs table and claim each edit with a conditional UPDATE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiogram.exceptions import TelegramAPIError
+from limits import RateLimitItem, RateLimitItemPerSecond
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from voicebot import texts
+from voicebot.delivery import edit_text
+from voicebot.models import ACTIVE, Job, JobStatus, as_utc, utcnow
+from voicebot.status import cancel_keyboard, place_in_line, status_lock
+
+if TYPE_CHECKING:
+    from voicebot.jobs import Runtime
+
+log = structlog.get_logger(__name__)
+
+#: How often the places are read again.
+TICK_SECONDS = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A queued job, how many jobs are ahead of it, and where its status message is."""
+
+    job_id: int
+    chat_id: int
+    status_message_id: int | None
+    ahead: int
+    #: False while a failure or a transcript is on its way to the message: keep off it.
+    shows_place: bool
+
+
+async def waiting_jobs(session: AsyncSession, *, max_wait: float, now: datetime) -> list[Waiting]:
+    """Every queued job, front first, with what `models.count_ahead` would count ahead of it."""
+    since = now - timedelta(seconds=max_wait)
+    rows = (
+        await session.execute(
+            select(
+                Job.id,
+                Job.user_id,
+                Job.chat_id,
+                Job.priority,
+                Job.created_at,
+                Job.status,
+                Job.status_message_id,
+                Job.error_text,
+                Job.transcript_id,
+            ).where(Job.status.in_(ACTIVE))
+        )
+    ).all()
+    queued = [row for row in rows if row.status == JobStatus.queued]
+    if not queued:
+        return []
+    holding = len(rows) - len(queued)  # running or transcribed: they hold a slot
+    # A job's turn: how many jobs its sender sent since `since` up to it (any status).
+    recent = await session.execute(
+        select(Job.user_id, Job.id).where(
+            Job.user_id.in_({row.user_id for row in queued}), Job.created_at >= since
+        )
+    )
+    sent: dict[int, list[int]] = defaultdict(list)
+    for user_id, job_id in recent:
+        sent[user_id].append(job_id)
+    for ids in sent.values():
+        ids.sort()
+
+    def key(row: Any) -> tuple[int, int, int]:
+        klass = 0 if row.priority > 0 or as_utc(row.created_at) <= since else 1
+        return klass, bisect.bisect_right(sent[row.user_id], row.id), row.id
+
+    return [
+        Waiting(
+            job_id=row.id,
+            chat_id=row.chat_id,
+            status_message_id=row.status_message_id,
+            ahead=holding + index,
+            shows_place=row.error_text is None and row.transcript_id is None,
+        )
+        for index, row in enumerate(sorted(queued, key=key))
+    ]
+
+
+async def show_positions(runtime: Runtime, *, tick: float = TICK_SECONDS) -> None:
+    """Keep waiting jobs' status messages showing their place in line, until cancelled."""
+    per_second = RateLimitItemPerSecond(runtime.settings.position_edits_per_second)
+    while True:
+        await asyncio.sleep(tick)
+        try:
+            await update_positions(runtime, per_second)
+        except SQLAlchemyError as error:
+            # A busy database: the next round reads the places again.
+            log.warning("positions_failed", error=repr(error))
+        except Exception:  # a display loop: log it, and keep the places moving
+            log.exception("positions_crashed")
+
+
+async def update_positions(runtime: Runtime, per_second: RateLimitItem) -> int:
+    """One round: edit the changed places, front first, within both limits; how many it edited."""
+    settings = runtime.settings
+    async with runtime.sessions() as session:
+        waiting = await waiting_jobs(
+            session, max_wait=settings.priority_max_wait_seconds, now=utcnow()
+        )
+    shown = runtime.positions
+    for gone in shown.keys() - {job.job_id for job in waiting}:
+        del shown[gone]  # started, finished or cancelled
+    now = time.monotonic()
+    due: list[tuple[int, Waiting]] = []
+    for job in waiting:
+        place = place_in_line(job.ahead, settings.workers)
+        last, at = shown.get(job.job_id, (None, -math.inf))
+        if (
+            job.shows_place
+            and job.status_message_id is not None
+            and place >= 1  # 0: a slot is free for it, and its own "Transcribing…" comes next
+            and place != last
+            and now - at >= settings.progress_interval_seconds
+        ):
+            due.append((place, job))
+    chosen: list[tuple[int, Waiting]] = []
+    for place, job in sorted(due, key=lambda item: (item[0], item[1].job_id)):
+        if status_lock(runtime, job.job_id).locked():
+            continue  # the job is editing its own message right now
+        if not await runtime.limiters.limiter.hit(per_second, "status_edits"):
+            break  # the rest wait for a later round, and skip the places they missed
+        chosen.append((place, job))
+    await asyncio.gather(*(_show(runtime, job, place) for place, job in chosen))
+    return len(chosen)
+
+
+async def _show(runtime: Runtime, waiting: Waiting, place: int) -> None:
+    """Edit one status message to `place`, unless the job left the queue meanwhile."""
+    assert waiting.status_message_id is not None
+    async with status_lock(runtime, waiting.job_id):
+        async with runtime.sessions() as session:
+            job = await session.get(Job, waiting.job_id)
+        if (
+            job is None
+            or job.status != JobStatus.queued
+            or job.error_text is not None
+            or job.transcript_id is not None
+        ):
+            return
+        try:
+            await edit_text(
+                runtime.bot,
+                chat_id=waiting.chat_id,
+                message_id=waiting.status_message_id,
+                text=texts.queued(waiting.ahead, runtime.settings.workers),
+                reply_markup=cancel_keyboard(waiting.job_id),
+            )
+        except TelegramAPIError as error:
+            log.info("position_edit_skipped", job_id=waiting.job_id, error=str(error))
+        # Recorded even when the edit failed: a deleted message (or a user who blocked the
+        # bot) is not tried again every round, only when the place changes again.
+        runtime.positions[waiting.job_id] = (place, time.monotonic())
