@@ -10,16 +10,20 @@ are never served and `purge_expired` deletes them. CACHE_TTL_DAYS=0 turns the ca
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy import ColumnElement, Select, delete, exists, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from voicebot import texts
 from voicebot.config import Settings
 from voicebot.db import Sessions
+from voicebot.errors import JobCancelledError
 from voicebot.models import (
     ACTIVE,
     FINAL,
@@ -31,6 +35,9 @@ from voicebot.models import (
     set_job_if,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from voicebot.jobs import Runtime
 
 log = structlog.get_logger(__name__)
 
@@ -184,3 +191,47 @@ async def purge_periodically(
             # A busy or unreachable database: the next round tries again; serving goes on.
             log.warning("cache_purge_failed", error=repr(error))
         await asyncio.sleep(interval)
+
+
+async def answer(runtime: Runtime, job: Job, started: float, *, sha256: str | None = None) -> bool:
+    """Answer `job` from the transcript cache (by file, or by `sha256` of its bytes) if it can."""
+    settings = runtime.settings
+    setting, now, ttl = language_setting(settings), utcnow(), settings.cache_ttl_days
+    async with runtime.sessions() as session:
+        if sha256 is None:
+            hit = await find_by_file(
+                session,
+                file_unique_id=job.file_unique_id,
+                model=settings.whisper_model,
+                language_setting=setting,
+                now=now,
+                ttl_days=ttl,
+            )
+        else:
+            hit = await find_by_sha256(
+                session,
+                sha256=sha256,
+                model=settings.whisper_model,
+                language_setting=setting,
+                now=now,
+                ttl_days=ttl,
+            )
+        if hit is None:
+            return False
+        try:
+            if not await record_hit(
+                session, job=job, transcript=hit, processing_seconds=time.monotonic() - started
+            ):
+                raise JobCancelledError(texts.CANCELLED)  # nothing written: it was cancelled
+            await session.commit()
+        except IntegrityError:
+            # The transcript expired and was purged since the lookup: a miss after all.
+            return False
+    job.transcript_id, job.status = hit.id, JobStatus.transcribed
+    log.info(
+        "job_cached",
+        job_id=job.id,
+        transcript_id=hit.id,
+        by="file_unique_id" if sha256 is None else "sha256",
+    )
+    return True

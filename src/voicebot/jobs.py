@@ -14,7 +14,6 @@ from typing import Any
 import structlog
 from aiogram import Bot
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
-from sqlalchemy.exc import IntegrityError
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqDepends
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
@@ -226,7 +225,7 @@ class _GaveUpError(VoicebotError):
 
 async def _transcribe(runtime: Runtime, job: Job) -> None:
     settings = runtime.settings
-    if await _from_cache(runtime, job, time.monotonic()):
+    if await cache.answer(runtime, job, time.monotonic()):
         return  # a file seen before (a forwarded voice note): no download, no transcription
     job.attempts += 1
     started = time.monotonic()
@@ -253,7 +252,7 @@ async def _transcribe(runtime: Runtime, job: Job) -> None:
             )
     data = await _download(runtime, job)
     sha256 = (await asyncio.to_thread(hashlib.sha256, data)).hexdigest()
-    if await _from_cache(runtime, job, started, sha256=sha256):
+    if await cache.answer(runtime, job, started, sha256=sha256):
         return  # the same bytes sent again as a new file: no transcription
     audio = await asyncio.to_thread(decode, data, max_seconds=settings.max_audio_seconds)
     del data  # the audio is not kept after its job
@@ -342,52 +341,6 @@ def _stored(result: EngineTranscript, *, job: Job, settings: Settings, sha256: s
         sha256=sha256,
         language_setting=cache.language_setting(settings),
     )
-
-
-async def _from_cache(
-    runtime: Runtime, job: Job, started: float, *, sha256: str | None = None
-) -> bool:
-    """Answer `job` from the transcript cache (by file, or by `sha256` of its bytes) if it can."""
-    settings = runtime.settings
-    setting, now, ttl = cache.language_setting(settings), utcnow(), settings.cache_ttl_days
-    async with runtime.sessions() as session:
-        if sha256 is None:
-            hit = await cache.find_by_file(
-                session,
-                file_unique_id=job.file_unique_id,
-                model=settings.whisper_model,
-                language_setting=setting,
-                now=now,
-                ttl_days=ttl,
-            )
-        else:
-            hit = await cache.find_by_sha256(
-                session,
-                sha256=sha256,
-                model=settings.whisper_model,
-                language_setting=setting,
-                now=now,
-                ttl_days=ttl,
-            )
-        if hit is None:
-            return False
-        try:
-            if not await cache.record_hit(
-                session, job=job, transcript=hit, processing_seconds=time.monotonic() - started
-            ):
-                raise JobCancelledError(texts.CANCELLED)  # nothing written: it was cancelled
-            await session.commit()
-        except IntegrityError:
-            # The transcript expired and was purged since the lookup: a miss after all.
-            return False
-    job.transcript_id, job.status = hit.id, JobStatus.transcribed
-    log.info(
-        "job_cached",
-        job_id=job.id,
-        transcript_id=hit.id,
-        by="file_unique_id" if sha256 is None else "sha256",
-    )
-    return True
 
 
 async def _download(runtime: Runtime, job: Job) -> bytes:
