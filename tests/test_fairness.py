@@ -385,10 +385,11 @@ async def test_bans_and_the_allowlist(
     await api.wait_for(lambda: text_of(api, FREE, waiting) == texts.BANNED, 90, "dropped")
     refused = api.send_voice(FREE, notes["another door"], duration=4)
     await api.wait_for(lambda: text_of(api, FREE, refused) == texts.BANNED, 20, "refused")
-    dropped = rows(
-        tmp_path,
+    dropped = (
         "SELECT j.status, u.id FROM jobs j LEFT JOIN usage u ON u.job_id = j.id"
-        f" WHERE j.user_id = {FREE}",
+        f" WHERE j.user_id = {FREE}"
     )
-    assert dropped == [("failed", None)]  # dropped, nothing charged, the refusal not recorded
+    # Dropped (marked failed just after the user is told), nothing charged, the refusal not
+    # recorded.
+    await api.wait_for(lambda: rows(tmp_path, dropped) == [("failed", None)], 10, "dropped")
     assert await bot.stop(signal.SIGKILL) == -signal.SIGKILL
