@@ -20,7 +20,7 @@ from voicebot import admin, texts
 from voicebot.audio import decode
 from voicebot.db import Sessions, build_engine, build_sessions, upgrade_async
 from voicebot.errors import UnknownUserError
-from voicebot.models import Job, JobStatus, Plan, Transaction, Usage, upsert_user_and_chat
+from voicebot.models import Job, JobStatus, Plan, Sender, Transaction, Usage, upsert_senders
 from voicebot.quotas import day_start
 
 from .botproc import BotProcess
@@ -41,9 +41,9 @@ CLIP = "librispeech_alif_another_door.wav"
 
 async def _add_users(sessions: Sessions, *users: tuple[int, str, str | None]) -> None:
     async with sessions() as session:
+        # One at a time: each is seen a moment after the one before (list order depends on it).
         for user_id, first_name, username in users:
-            await upsert_user_and_chat(
-                session,
+            sender = Sender(
                 user_id=user_id,
                 first_name=first_name,
                 username=username,
@@ -52,6 +52,7 @@ async def _add_users(sessions: Sessions, *users: tuple[int, str, str | None]) ->
                 chat_type="private",
                 chat_title=None,
             )
+            await upsert_senders(session, senders=[sender])
         await session.commit()
 
 

@@ -21,12 +21,13 @@ from voicebot.models import (
     Chat,
     Job,
     JobStatus,
+    Sender,
     User,
     count_ahead,
-    find_job,
+    existing_jobs,
     set_job,
     unfinished_job_ids,
-    upsert_user_and_chat,
+    upsert_senders,
     utcnow,
 )
 
@@ -158,17 +159,21 @@ async def add_user(
 ) -> None:
     """Record a user and their private chat (same id)."""
     async with sessions() as session:
-        await upsert_user_and_chat(
-            session,
-            user_id=user_id,
-            first_name=first_name,
-            username=None,
-            language_code="en",
-            chat_id=user_id,
-            chat_type="private",
-            chat_title=chat_title,
-        )
+        await upsert_senders(session, senders=[sender(user_id, first_name, chat_title)])
         await session.commit()
+
+
+def sender(user_id: int, first_name: str, chat_title: str | None = None) -> Sender:
+    """A user writing in their private chat (same id)."""
+    return Sender(
+        user_id=user_id,
+        first_name=first_name,
+        username=None,
+        language_code="en",
+        chat_id=user_id,
+        chat_type="private",
+        chat_title=chat_title,
+    )
 
 
 def job(
@@ -186,7 +191,7 @@ def job(
     )
 
 
-async def test_upsert_user_and_chat_is_idempotent(sessions: Sessions) -> None:
+async def test_upsert_senders_is_idempotent(sessions: Sessions) -> None:
     """Seeing a user again updates their profile and chat title, never duplicates them."""
     await add_user(sessions, 10, "Ann", chat_title="old")
     async with sessions() as session:
@@ -219,12 +224,9 @@ async def test_a_message_is_one_job_only(sessions: Sessions) -> None:
         session.add(job(chat_id=11, user_id=11, message_id=5))
         await session.commit()
         count = (await session.execute(select(func.count()).select_from(Job))).scalar_one()
-        found = await find_job(session, chat_id=10, message_id=5)
-        missing = await find_job(session, chat_id=10, message_id=6)
+        found = await existing_jobs(session, keys=[(10, 5), (10, 6)])
     assert count == 2
-    assert found is not None
-    assert (found.chat_id, found.message_id) == (10, 5)
-    assert missing is None
+    assert found == {(10, 5)}
 
 
 async def test_queue_queries(sessions: Sessions) -> None:

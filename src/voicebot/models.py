@@ -204,47 +204,6 @@ class Transaction(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
-async def upsert_user_and_chat(
-    session: AsyncSession,
-    *,
-    user_id: int,
-    first_name: str,
-    username: str | None,
-    language_code: str | None,
-    chat_id: int,
-    chat_type: str,
-    chat_title: str | None,
-) -> None:
-    """Record the user and chat, refreshing what may have changed."""
-    now = utcnow()
-    insert = _insert_for(session)
-    await session.execute(
-        insert(User)
-        .values(
-            id=user_id,
-            first_name=first_name,
-            username=username,
-            language_code=language_code,
-            created_at=now,
-            last_seen_at=now,
-        )
-        .on_conflict_do_update(
-            index_elements=[User.id],
-            set_={
-                "first_name": first_name,
-                "username": username,
-                "language_code": language_code,
-                "last_seen_at": now,
-            },
-        )
-    )
-    await session.execute(
-        insert(Chat)
-        .values(id=chat_id, type=chat_type, title=chat_title, created_at=now)
-        .on_conflict_do_update(index_elements=[Chat.id], set_={"title": chat_title})
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class Sender:
     """Who sent a message, and in which chat: what the door records about them."""
@@ -331,14 +290,6 @@ async def existing_jobs(
         select(Job.chat_id, Job.message_id).where(tuple_(Job.chat_id, Job.message_id).in_(keys))
     )
     return {(chat_id, message_id) for chat_id, message_id in found.tuples()}
-
-
-async def find_job(session: AsyncSession, *, chat_id: int, message_id: int) -> Job | None:
-    """The job for a user's message, if it was accepted before."""
-    found = await session.execute(
-        select(Job).where(Job.chat_id == chat_id, Job.message_id == message_id)
-    )
-    return found.scalar_one_or_none()
 
 
 async def count_ahead(session: AsyncSession, *, job_id: int, max_wait: float, now: datetime) -> int:

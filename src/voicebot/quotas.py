@@ -143,8 +143,7 @@ async def lock_users(session: AsyncSession, *, user_ids: list[int]) -> dict[int,
 
 async def lock_user(session: AsyncSession, *, user_id: int) -> User | None:
     """The user row, locked for this transaction where the database can (PostgreSQL)."""
-    found = await session.execute(select(User).where(User.id == user_id).with_for_update())
-    return found.scalar_one_or_none()
+    return (await lock_users(session, user_ids=[user_id])).get(user_id)
 
 
 async def charge(
