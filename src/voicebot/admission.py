@@ -51,7 +51,7 @@ async def count_active(session: AsyncSession, *, user_ids: list[int]) -> Counts:
         .where(Job.status.in_(ACTIVE), Job.user_id.in_(user_ids))
         .group_by(Job.user_id)
     )
-    return Counts(int(total or 0), {user_id: int(count) for user_id, count in found.tuples()})
+    return Counts(int(total or 0), {user_id: int(count) for user_id, count in found})
 
 
 async def admit(

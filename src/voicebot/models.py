@@ -289,7 +289,7 @@ async def existing_jobs(
     found = await session.execute(
         select(Job.chat_id, Job.message_id).where(tuple_(Job.chat_id, Job.message_id).in_(keys))
     )
-    return {(chat_id, message_id) for chat_id, message_id in found.tuples()}
+    return {(chat_id, message_id) for chat_id, message_id in found}
 
 
 async def count_ahead(session: AsyncSession, *, job_id: int, max_wait: float, now: datetime) -> int:
