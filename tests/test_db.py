@@ -61,7 +61,7 @@ def test_upgrade_creates_the_schema(tmp_path: Path) -> None:
     path.parent.mkdir()
     upgrade(url_for(path))
     assert tables(path) == TABLES
-    assert version(path) == ["0003"]
+    assert version(path) == ["0004"]
     columns = {row[1] for row in query(path, "PRAGMA table_info(jobs)")}
     assert {"chat_id", "message_id", "status", "delivered_parts", "transcript_id"} <= columns
     assert "status_requested_at" in columns
@@ -90,7 +90,7 @@ def test_upgrade_from_the_first_revision_keeps_jobs(tmp_path: Path) -> None:
         " VALUES (7, 1, 3.0, 1.0, '2024-01-01')",
     )
     upgrade(url_for(path))
-    assert version(path) == ["0003"]
+    assert version(path) == ["0004"]
     assert query(
         path, "SELECT message_id, status, status_requested_at, priority, reserved_seconds FROM jobs"
     ) == [(3, "queued", None, 0, 0.0)]
@@ -119,7 +119,7 @@ def test_upgrade_twice_is_harmless(tmp_path: Path) -> None:
     )
     upgrade(url_for(path))
     assert tables(path) == TABLES
-    assert version(path) == ["0003"]
+    assert version(path) == ["0004"]
     assert query(path, "SELECT id, first_name FROM users") == [(7, "Ann")]
 
 

@@ -19,7 +19,17 @@ from voicebot import texts
 from voicebot.admission import admit, count_active
 from voicebot.config import Settings
 from voicebot.db import Sessions
-from voicebot.models import Sender, existing_jobs, insert_job, upsert_senders, utcnow
+from voicebot.i18n import locale_for
+from voicebot.models import (
+    Chat,
+    Sender,
+    User,
+    chats_by_id,
+    existing_jobs,
+    insert_job,
+    upsert_senders,
+    utcnow,
+)
 from voicebot.quotas import lock_users
 from voicebot.ratelimits import Limiters
 
@@ -135,6 +145,7 @@ async def _store(
         users = await lock_users(session, user_ids=sorted(set(senders.values())))
         counts = await count_active(session, user_ids=list(users))
         seen = await existing_jobs(session, keys=list(senders))
+        chats = await chats_by_id(session, chat_ids=list({key[0] for key in senders}))
         for message, media in items:
             key = (message.chat.id, message.message_id)
             if key in seen:
@@ -154,8 +165,10 @@ async def _store(
                 log.info("job_refused", user_id=user.id, reason=admission.refusal[:60])
                 refused.append(Refusal(message, admission.refusal))
                 continue
+            chat = chats[key[0]]
             job_id = await insert_job(
                 session,
+                **job_settings(message, user=user, chat=chat),
                 chat_id=key[0],
                 user_id=user.id,
                 message_id=key[1],
@@ -202,3 +215,14 @@ async def _upsert_senders(
         )
     await upsert_senders(session, senders=rows)
     return senders
+
+
+def job_settings(message: Message, *, user: User, chat: Chat) -> dict[str, object]:
+    """What a job keeps of its sender's and chat's settings when it is accepted."""
+    private = chat.type == "private"
+    return {
+        "locale": locale_for(user.ui_language, user.language_code),
+        "language": chat.language,
+        "output": user.output_format if private else "text",
+        "thread_id": message.message_thread_id if message.is_topic_message else None,
+    }

@@ -18,13 +18,11 @@ from taskiq import AsyncBroker, InMemoryBroker, TaskiqDepends
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from voicebot import cache, texts
+from voicebot.answers import deliver_transcript, tell_cancelled, tell_failure
 from voicebot.audio import SAMPLE_RATE, decode
 from voicebot.config import Settings
 from voicebot.db import Sessions
 from voicebot.delivery import (
-    deliver,
-    put_status,
-    split_text,
     try_edit,
     with_retries,
 )
@@ -57,7 +55,7 @@ from voicebot.models import (
 from voicebot.quotas import ROUNDING_SECONDS, charge, is_admin, lock_user, standing
 from voicebot.ratelimits import Limiters
 from voicebot.slots import Slots
-from voicebot.status import Progress, acknowledge, cancel_keyboard, ensure_status, status_lock
+from voicebot.status import Progress, acknowledge, cancel_keyboard, status_lock
 
 log = structlog.get_logger(__name__)
 
@@ -153,14 +151,14 @@ async def transcribe_job(job_id: int, runtime: Runtime = TaskiqDepends()) -> Non
     except JobCancelledError:
         # Found cancelled by a conditional update (the transcript, a cache hit, the start).
         runtime.tasks.pop(job_id, None)
-        await _tell_cancelled(runtime, job_id, running=current in runtime.running)
+        await tell_cancelled(runtime, job_id, running=current in runtime.running)
     except asyncio.CancelledError:
         if job_id not in runtime.cancelling:
             raise  # shutdown: the job stays recorded for the next start
         # `cancels.stop` cancelled this task: the job was cancelled, and ends here.
         current.uncancel()
         runtime.tasks.pop(job_id, None)
-        await _tell_cancelled(runtime, job_id, running=current in runtime.running)
+        await tell_cancelled(runtime, job_id, running=current in runtime.running)
     finally:
         runtime.waiting.discard(current)
         runtime.running.discard(current)
@@ -176,7 +174,7 @@ async def _run(runtime: Runtime, job_id: int) -> None:
     bound = log.bind(job_id=job_id, chat_id=job.chat_id)
     if job.error_text is not None:
         # The failure was recorded but the process died before the user was told.
-        await _tell_failure(runtime, job, job.error_text)
+        await tell_failure(runtime, job, job.error_text)
         return
     attempts = job.attempts
     try:
@@ -186,7 +184,7 @@ async def _run(runtime: Runtime, job_id: int) -> None:
             if job.attempts >= runtime.settings.job_max_attempts:
                 raise _GaveUpError(texts.GAVE_UP)
             await _transcribe(runtime, job)
-        await _deliver(runtime, job)
+        await deliver_transcript(runtime, job)
     except asyncio.CancelledError:
         if job_id in runtime.cancelling:
             raise  # cancelled by its sender: `transcribe_job` ends it
@@ -369,51 +367,6 @@ async def _download(runtime: Runtime, job: Job) -> bytes:
     return await with_retries(fetch)
 
 
-async def _deliver(runtime: Runtime, job: Job) -> None:
-    async with runtime.sessions() as session:
-        stored = await session.get(Transcript, job.transcript_id)
-        assert stored is not None
-        fresh = await session.get(Job, job.id)
-        assert fresh is not None
-        done, status_message_id = fresh.delivered_parts, fresh.status_message_id
-    if done == 0 and status_message_id is None:
-        # The transcript goes into a status message by an (idempotent) edit, never as a new
-        # message that a crash could send twice.
-        status_message_id = await ensure_status(runtime, job.id)
-    text = stored.text
-    if len(text) > runtime.settings.transcript_file_chars:
-        parts = [texts.as_file(len(text))]
-        document: tuple[str, bytes] | None = (
-            f"transcript-{job.message_id}.txt",
-            (text + "\n").encode("utf-8"),
-        )
-    else:
-        parts, document = split_text(text), None
-
-    async def on_part_sent(count: int, message_id: int) -> None:
-        async with runtime.sessions() as session:
-            await set_job(
-                session, job_id=job.id, delivered_parts=count, status_message_id=message_id
-            )
-            await session.commit()
-
-    async with status_lock(runtime, job.id):
-        await deliver(
-            runtime.bot,
-            chat_id=job.chat_id,
-            reply_to=job.message_id,
-            status_message_id=status_message_id,
-            parts=parts,
-            document=document,
-            done=done,
-            on_part_sent=on_part_sent,
-        )
-    async with runtime.sessions() as session:
-        await set_job(session, job_id=job.id, status=JobStatus.done, finished_at=utcnow())
-        await session.commit()
-    log.info("job_delivered", job_id=job.id, parts=len(parts) + (1 if document else 0))
-
-
 async def _fail(runtime: Runtime, job: Job, error: BaseException) -> None:
     """Record the failure and what the user is told, then tell them in their status message."""
     permanent = isinstance(error, BadAudioError | _GaveUpError | QuotaExceededError | BannedError)
@@ -435,48 +388,4 @@ async def _fail(runtime: Runtime, job: Job, error: BaseException) -> None:
         )
         await session.commit()
     if recorded:
-        await _tell_failure(runtime, job, message)
-
-
-async def _tell_failure(runtime: Runtime, job: Job, message: str) -> None:
-    """Show `message` in the status message (an idempotent edit), then mark the job failed."""
-    status_message_id = job.status_message_id or await ensure_status(runtime, job.id)
-    try:
-        async with status_lock(runtime, job.id):
-            await put_status(
-                runtime.bot,
-                chat_id=job.chat_id,
-                status_message_id=status_message_id,
-                reply_to=job.message_id,
-                text=message,
-            )
-    except TelegramAPIError as notify_error:
-        log.warning("failure_not_told", job_id=job.id, error=str(notify_error))
-    async with runtime.sessions() as session:
-        await set_job_if(
-            session,
-            job_id=job.id,
-            statuses=ACTIVE,
-            status=JobStatus.failed,
-            finished_at=utcnow(),
-        )
-        await session.commit()
-
-
-async def _tell_cancelled(runtime: Runtime, job_id: int, *, running: bool) -> None:
-    """Log the stop and show "Cancelled" again: a progress edit may have overtaken the first."""
-    log.info("job_cancelled", job_id=job_id, running=running)
-    async with runtime.sessions() as session:
-        job = await session.get(Job, job_id)
-    if job is None or job.status_message_id is None:
-        return
-    try:
-        async with status_lock(runtime, job_id):
-            await try_edit(
-                runtime.bot,
-                chat_id=job.chat_id,
-                message_id=job.status_message_id,
-                text=texts.CANCELLED,
-            )
-    except TelegramAPIError as error:  # for one, the user blocked the bot since
-        log.warning("cancel_not_told", job_id=job_id, error=str(error))
+        await tell_failure(runtime, job, message)

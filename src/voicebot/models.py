@@ -26,6 +26,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    true,
     tuple_,
     update,
 )
@@ -102,6 +103,18 @@ class User(Base):
     banned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: Purchased or credited seconds, spent after the day's allowance.
     balance_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    #: The interface language chosen in /settings ("en", "ru"); None: Telegram's language_code.
+    ui_language: Mapped[str | None] = mapped_column(String(8))
+    #: What a transcript in a private chat is sent as by default: text, timestamps or srt.
+    output_format: Mapped[str] = mapped_column(String(16), default="text", server_default="text")
+
+
+class ChatMode(enum.StrEnum):
+    """When the bot transcribes in a group: every recording, only when asked, or never."""
+
+    auto = "auto"
+    command = "command"
+    off = "off"
 
 
 class Chat(Base):
@@ -112,6 +125,17 @@ class Chat(Base):
     type: Mapped[str] = mapped_column(String(32))
     title: Mapped[str | None] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Groups: auto, command or off (see ChatMode); private chats are always auto.
+    mode: Mapped[str] = mapped_column(String(16), default="auto", server_default="auto")
+    #: In auto mode, whether audio and video files are transcribed too (voice and video notes are).
+    media_files: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    #: Recognition language: "auto", a code ("de"), or detection among codes ("auto:en,ru");
+    #: None: WHISPER_LANGUAGE and WHISPER_ALLOWED_LANGUAGES. A private chat's is its user's.
+    language: Mapped[str | None] = mapped_column(String(64))
+    #: When the bot was removed from the chat (None while it is a member).
+    left_at: Mapped[datetime | None]
+    #: The supergroup this group became (its settings moved there).
+    migrated_to_chat_id: Mapped[int | None]
 
 
 class Transcript(Base):
@@ -165,6 +189,18 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     #: What the user is told about the failure; set before telling them, `failed` after.
     error_text: Mapped[str | None] = mapped_column(Text)
+    #: Interface language of everything this job says ("en", "ru"), decided when accepted.
+    locale: Mapped[str | None] = mapped_column(String(8))
+    #: Recognition language setting decided when accepted (as Chat.language); None: defaults.
+    language: Mapped[str | None] = mapped_column(String(64))
+    #: transcribe, or translate (Whisper's translation to English).
+    task: Mapped[str] = mapped_column(String(16), default="transcribe", server_default="transcribe")
+    #: How the transcript is sent: text, timestamps or srt.
+    output: Mapped[str] = mapped_column(String(16), default="text", server_default="text")
+    #: The forum topic of the message (message_thread_id); answers go there.
+    thread_id: Mapped[int | None]
+    #: For a translation: the job whose transcript's button asked for it.
+    source_job_id: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
@@ -278,6 +314,12 @@ async def insert_job(session: AsyncSession, **values: Any) -> int | None:
         .returning(Job.id)
     )
     return found.scalar_one_or_none()
+
+
+async def chats_by_id(session: AsyncSession, *, chat_ids: list[int]) -> dict[int, Chat]:
+    """The chats with these ids."""
+    found = await session.execute(select(Chat).where(Chat.id.in_(chat_ids)))
+    return {chat.id: chat for chat in found.scalars()}
 
 
 async def existing_jobs(

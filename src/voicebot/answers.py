@@ -1,0 +1,108 @@
+"""A job's answers in its status message: the transcript, a failure, "Cancelled"."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+from aiogram.exceptions import TelegramAPIError
+
+from voicebot import texts
+from voicebot.delivery import deliver, put_status, split_text, try_edit
+from voicebot.models import ACTIVE, Job, JobStatus, Transcript, set_job, set_job_if, utcnow
+from voicebot.status import ensure_status, status_lock
+
+if TYPE_CHECKING:
+    from voicebot.jobs import Runtime
+
+log = structlog.get_logger(__name__)
+
+
+async def deliver_transcript(runtime: Runtime, job: Job) -> None:
+    """Put the stored transcript into the status message (and more parts), then mark it done."""
+    async with runtime.sessions() as session:
+        stored = await session.get(Transcript, job.transcript_id)
+        assert stored is not None
+        fresh = await session.get(Job, job.id)
+        assert fresh is not None
+        done, status_message_id = fresh.delivered_parts, fresh.status_message_id
+    if done == 0 and status_message_id is None:
+        # The transcript goes into a status message by an (idempotent) edit, never as a new
+        # message that a crash could send twice.
+        status_message_id = await ensure_status(runtime, job.id)
+    text = stored.text
+    if len(text) > runtime.settings.transcript_file_chars:
+        parts = [texts.as_file(len(text))]
+        document: tuple[str, bytes] | None = (
+            f"transcript-{job.message_id}.txt",
+            (text + "\n").encode("utf-8"),
+        )
+    else:
+        parts, document = split_text(text), None
+
+    async def on_part_sent(count: int, message_id: int) -> None:
+        async with runtime.sessions() as session:
+            await set_job(
+                session, job_id=job.id, delivered_parts=count, status_message_id=message_id
+            )
+            await session.commit()
+
+    async with status_lock(runtime, job.id):
+        await deliver(
+            runtime.bot,
+            chat_id=job.chat_id,
+            reply_to=job.message_id,
+            status_message_id=status_message_id,
+            parts=parts,
+            document=document,
+            done=done,
+            on_part_sent=on_part_sent,
+        )
+    async with runtime.sessions() as session:
+        await set_job(session, job_id=job.id, status=JobStatus.done, finished_at=utcnow())
+        await session.commit()
+    log.info("job_delivered", job_id=job.id, parts=len(parts) + (1 if document else 0))
+
+
+async def tell_failure(runtime: Runtime, job: Job, message: str) -> None:
+    """Show `message` in the status message (an idempotent edit), then mark the job failed."""
+    status_message_id = job.status_message_id or await ensure_status(runtime, job.id)
+    try:
+        async with status_lock(runtime, job.id):
+            await put_status(
+                runtime.bot,
+                chat_id=job.chat_id,
+                status_message_id=status_message_id,
+                reply_to=job.message_id,
+                text=message,
+            )
+    except TelegramAPIError as notify_error:
+        log.warning("failure_not_told", job_id=job.id, error=str(notify_error))
+    async with runtime.sessions() as session:
+        await set_job_if(
+            session,
+            job_id=job.id,
+            statuses=ACTIVE,
+            status=JobStatus.failed,
+            finished_at=utcnow(),
+        )
+        await session.commit()
+
+
+async def tell_cancelled(runtime: Runtime, job_id: int, *, running: bool) -> None:
+    """Log the stop and show "Cancelled" again: a progress edit may have overtaken the first."""
+    log.info("job_cancelled", job_id=job_id, running=running)
+    async with runtime.sessions() as session:
+        job = await session.get(Job, job_id)
+    if job is None or job.status_message_id is None:
+        return
+    try:
+        async with status_lock(runtime, job_id):
+            await try_edit(
+                runtime.bot,
+                chat_id=job.chat_id,
+                message_id=job.status_message_id,
+                text=texts.CANCELLED,
+            )
+    except TelegramAPIError as error:  # for one, the user blocked the bot since
+        log.warning("cancel_not_told", job_id=job_id, error=str(error))
