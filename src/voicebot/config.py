@@ -54,6 +54,18 @@ class Settings(BaseSettings):
     transcript_file_chars: int = Field(default=12000, ge=4096)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
+    # Groups, live text and privacy
+    #: Telegram allows a group about 20 messages a minute: status edits there at most this often.
+    group_edit_interval_seconds: float = Field(default=15.0, ge=1.0)
+    #: Recordings shorter than this get no progress edits in groups.
+    group_progress_min_seconds: float = Field(default=60.0, ge=0)
+    #: Recordings longer than this show the text recognised so far in their progress edits.
+    partial_text_min_seconds: float = Field(default=60.0, ge=0)
+    #: How long a chat member's admin status (getChatMember) is trusted before asking again.
+    chat_admin_cache_seconds: float = Field(default=60.0, ge=0)
+    #: Transcript texts older than this many days are deleted; 0 keeps them.
+    retention_days: float = Field(default=30, ge=0)
+
     # Access, plans and quotas (0 seconds = no quota)
     admin_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)
     allowed_user_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)

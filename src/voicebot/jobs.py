@@ -20,6 +20,7 @@ from taskiq.decor import AsyncTaskiqDecoratedTask
 from voicebot import cache, texts
 from voicebot.answers import deliver_transcript, tell_cancelled, tell_failure
 from voicebot.audio import SAMPLE_RATE, decode
+from voicebot.chatadmins import ChatAdmins
 from voicebot.config import Settings
 from voicebot.db import Sessions
 from voicebot.delivery import (
@@ -70,6 +71,8 @@ class Runtime:
     engine: Engine
     slots: Slots
     limiters: Limiters
+    #: Group administrators as Telegram last said (for who may change a group's settings).
+    chat_admins: ChatAdmins = field(default_factory=lambda: ChatAdmins(ttl=60.0))
     #: Jobs sending their status reply, waiting for a slot, and holding one: shutdown lets the
     #: first and last finish (a reply cut off mid-request would be in doubt) and drops the rest.
     acknowledging: set[asyncio.Task[Any]] = field(default_factory=set)

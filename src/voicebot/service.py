@@ -17,6 +17,7 @@ from voicebot import cancels, positions, texts
 from voicebot.bot import build_dispatcher
 from voicebot.bot.admin import set_admin_menus
 from voicebot.cache import purge_periodically
+from voicebot.chatadmins import ChatAdmins
 from voicebot.config import Settings
 from voicebot.db import build_engine as build_db_engine
 from voicebot.db import build_sessions, upgrade_async
@@ -66,6 +67,7 @@ async def serve(settings: Settings) -> None:
                 engine=engine,
                 slots=Slots(settings.workers, max_wait=settings.priority_max_wait_seconds),
                 limiters=build_limiters(settings),
+                chat_admins=ChatAdmins(ttl=settings.chat_admin_cache_seconds),
             )
             await _poll(runtime, me)
         finally:
