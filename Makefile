@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
-.PHONY: run test lint format bench sync uv
+.PHONY: run test lint format bench sync uv locales
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
@@ -25,6 +25,27 @@ lint: sync
 format: sync
 	$(UV) run ruff check --fix src tests benchmarks
 	$(UV) run ruff format src tests benchmarks
+
+# The interface's catalogs: extract every message from the code, then bring each language's
+# .po up to date (new messages empty, changed ones fuzzy: translate them and drop the fuzzy
+# mark; tests/test_i18n.py fails until every one is translated). No compile step: the bot
+# compiles the .po files in memory at start.
+LOCALES := src/voicebot/locales
+LANGUAGES := en ru
+
+locales: sync
+	$(UV) run pybabel extract --project=voicebot --copyright-holder="voicebot contributors" \
+		--add-location=file --sort-by-file \
+		--add-comments=TRANSLATORS: -k _ -k ngettext:1,2 -k N_ \
+		-o $(LOCALES)/messages.pot src/voicebot
+	for lang in $(LANGUAGES); do \
+		if [ -f $(LOCALES)/$$lang/LC_MESSAGES/messages.po ]; then \
+			$(UV) run pybabel update --ignore-obsolete \
+				-i $(LOCALES)/messages.pot -d $(LOCALES) -l $$lang || exit 1; \
+		else \
+			$(UV) run pybabel init -i $(LOCALES)/messages.pot -d $(LOCALES) -l $$lang || exit 1; \
+		fi; \
+	done
 
 bench: sync
 	$(UV) run python benchmarks/engine.py

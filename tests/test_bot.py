@@ -61,7 +61,7 @@ async def test_voice_message_gets_its_transcript(
     (reply,) = replies_to(api, USER, sent)
     assert reply.edits[0] == "Transcribing…"
     assert text.startswith("And so my fellow Americans")
-    assert [c["command"] for c in api.commands()] == ["start", "me", "help"]
+    assert [c["command"] for c in api.commands()][:3] == ["start", "help", "me"]
     assert len(api.messages(USER)) == 1
 
 

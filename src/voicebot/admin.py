@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm.attributes import set_committed_value
 
 from voicebot.errors import UnknownUserError
+from voicebot.groups import group_plan_row
 from voicebot.models import ACTIVE, Job, JobStatus, Plan, Transaction, Usage, User, as_utc
 from voicebot.texts import display_name
 
@@ -66,8 +67,14 @@ async def find_user(session: AsyncSession, *, user_id: int) -> User:
 async def grant_plan(
     session: AsyncSession, *, user_id: int, plan: Plan, days: int | None, now: datetime
 ) -> User:
-    """Put the user on `plan` for `days` from `now` (None: no expiry); free has no expiry."""
-    user = await find_user(session, user_id=user_id)
+    """Put the user on `plan` for `days` from `now` (None: no expiry); free has no expiry.
+
+    A negative id is a group's: its plan row is created when missing (see quotas.effective_plan).
+    """
+    if user_id < 0:
+        user = await group_plan_row(session, chat_id=user_id)
+    else:
+        user = await find_user(session, user_id=user_id)
     user.plan = plan
     user.plan_expires_at = now + timedelta(days=days) if days and plan != Plan.free else None
     await session.flush()

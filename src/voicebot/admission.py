@@ -63,8 +63,12 @@ async def admit(
     settings: Settings,
     limiters: Limiters,
     now: datetime,
+    group: User | None = None,
 ) -> Admission:
-    """Whether `user` may add a job of `duration` seconds (None: not declared) now."""
+    """Whether `user` may add a job of `duration` seconds (None: not declared) now.
+
+    `group`: the plan row of the group the job is in; its plan counts when it is better.
+    """
     if is_admin(settings, user.id):
         return Admission(priority=1, reserve=duration or 0.0)
     if user.banned:
@@ -74,8 +78,8 @@ async def admit(
     if counts.total >= settings.max_queue_size:
         return Admission(texts.QUEUE_FULL)
     need = duration or 0.0
-    if daily_allowance(settings, user, now) is not None:
-        where = await standing(session, user=user, settings=settings, now=now)
+    if daily_allowance(settings, user, now, group) is not None:
+        where = await standing(session, user=user, settings=settings, now=now, group=group)
         left = where.left
         # A file without a declared duration reserves after decoding; it needs something left.
         if left is not None and (need > left or left <= 0):
@@ -88,4 +92,4 @@ async def admit(
         return Admission(
             texts.rate_limited(exceeded.scope, exceeded.per_minute, exceeded.retry_after)
         )
-    return Admission(priority=priority_of(settings, user, now), reserve=need)
+    return Admission(priority=priority_of(settings, user, now, group), reserve=need)

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import structlog
 from aiogram.exceptions import TelegramAPIError
 
-from voicebot import texts
-from voicebot.delivery import deliver, put_status, split_text, try_edit
+from voicebot import outputs, texts
+from voicebot.delivery import deliver, put_status, try_edit
 from voicebot.models import ACTIVE, Job, JobStatus, Transcript, set_job, set_job_if, utcnow
 from voicebot.status import ensure_status, status_lock
 
@@ -30,15 +30,15 @@ async def deliver_transcript(runtime: Runtime, job: Job) -> None:
         # The transcript goes into a status message by an (idempotent) edit, never as a new
         # message that a crash could send twice.
         status_message_id = await ensure_status(runtime, job.id)
-    text = stored.text
-    if len(text) > runtime.settings.transcript_file_chars:
-        parts = [texts.as_file(len(text))]
-        document: tuple[str, bytes] | None = (
-            f"transcript-{job.message_id}.txt",
-            (text + "\n").encode("utf-8"),
-        )
-    else:
-        parts, document = split_text(text), None
+    # The job's output (text, timestamps, srt); the buttons go on the status message, the one
+    # message the job keeps the id of (see `outputs`).
+    answer = outputs.answer(
+        stored,
+        output=job.output,
+        stem=outputs.stem_of(job),
+        file_chars=runtime.settings.transcript_file_chars,
+    )
+    parts, document = answer.parts, answer.document
 
     async def on_part_sent(count: int, message_id: int) -> None:
         async with runtime.sessions() as session:
@@ -57,6 +57,8 @@ async def deliver_transcript(runtime: Runtime, job: Job) -> None:
             document=document,
             done=done,
             on_part_sent=on_part_sent,
+            thread_id=job.thread_id,
+            reply_markup=outputs.keyboard(job, stored),
         )
     async with runtime.sessions() as session:
         await set_job(session, job_id=job.id, status=JobStatus.done, finished_at=utcnow())
@@ -75,6 +77,7 @@ async def tell_failure(runtime: Runtime, job: Job, message: str) -> None:
                 status_message_id=status_message_id,
                 reply_to=job.message_id,
                 text=message,
+                thread_id=job.thread_id,
             )
     except TelegramAPIError as notify_error:
         log.warning("failure_not_told", job_id=job.id, error=str(notify_error))

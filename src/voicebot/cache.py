@@ -3,27 +3,27 @@
 Only transcripts are cached, never audio. A transcript is found by the file's `file_unique_id`
 (a forwarded voice note keeps it, so no download is needed) or by the SHA-256 of its bytes (the
 same audio sent again as a new file, so no transcription is needed). A hit must have been made
-with the model and language setting in use now, and be younger than CACHE_TTL_DAYS; older ones
-are never served and `purge_expired` deletes them. CACHE_TTL_DAYS=0 turns the cache off.
+with the model and language setting in use now, and be younger than CACHE_TTL_DAYS and
+RETENTION_DAYS (`serving_days`); older ones are never served, and `purge_expired` deletes them
+(`privacy.purge_periodically`, after `kept_days`). CACHE_TTL_DAYS=0 turns the cache off.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy import ColumnElement, Select, delete, exists, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from voicebot import texts
 from voicebot.config import Settings
-from voicebot.db import Sessions
 from voicebot.errors import JobCancelledError
+from voicebot.languages import effective
 from voicebot.models import (
     ACTIVE,
     FINAL,
@@ -41,17 +41,34 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-#: How often a running bot purges expired transcripts (and once at start).
-PURGE_INTERVAL_SECONDS = 3600.0
+
+def serving_days(settings: Settings) -> float:
+    """Days a transcript may be served from the cache: CACHE_TTL_DAYS, within RETENTION_DAYS.
+
+    0: the cache is off.
+    """
+    ttl, retention = settings.cache_ttl_days, settings.retention_days
+    if ttl <= 0:
+        return 0.0
+    return min(ttl, retention) if retention > 0 else ttl
 
 
-def language_setting(settings: Settings) -> str:
-    """The language setting transcripts are made with now: "en", "auto" or "auto:en,ru"."""
-    if settings.whisper_language:
-        # A fixed language wins: the engine then ignores WHISPER_ALLOWED_LANGUAGES.
-        return settings.whisper_language.strip().lower()
-    allowed = sorted({code.strip().lower() for code in settings.whisper_allowed_languages})
-    return "auto:" + ",".join(allowed) if allowed else "auto"
+def kept_days(settings: Settings) -> float:
+    """Days a transcript is kept before `purge_expired` deletes it; 0: kept until /forget.
+
+    The shorter of CACHE_TTL_DAYS and RETENTION_DAYS of those set: past the first it is no
+    longer served, past the second it must not be stored.
+    """
+    return min((d for d in (settings.cache_ttl_days, settings.retention_days) if d > 0), default=0)
+
+
+def language_setting(
+    settings: Settings, *, language: str | None = None, task: str = "transcribe"
+) -> str:
+    """The cache key's language part: the job's setting ("en", "auto", "auto:en,ru"; None: the
+    settings' defaults), with "+translate" for a translation, so neither reuses the other."""
+    setting = effective(language, settings)
+    return setting if task == "transcribe" else f"{setting}+{task}"
 
 
 def _cutoff(now: datetime, ttl_days: float) -> datetime:
@@ -174,29 +191,11 @@ async def purge_expired(session: AsyncSession, *, now: datetime, ttl_days: float
     return int(getattr(deleted, "rowcount", 0) or 0)
 
 
-async def purge_periodically(
-    sessions: Sessions, *, ttl_days: float, interval: float = PURGE_INTERVAL_SECONDS
-) -> None:
-    """Purge expired transcripts now and then every `interval` seconds, until cancelled."""
-    if ttl_days <= 0:
-        return
-    while True:
-        try:
-            async with sessions() as session:
-                count = await purge_expired(session, now=utcnow(), ttl_days=ttl_days)
-                await session.commit()
-            if count:
-                log.info("cache_purged", transcripts=count)
-        except SQLAlchemyError as error:
-            # A busy or unreachable database: the next round tries again; serving goes on.
-            log.warning("cache_purge_failed", error=repr(error))
-        await asyncio.sleep(interval)
-
-
 async def answer(runtime: Runtime, job: Job, started: float, *, sha256: str | None = None) -> bool:
     """Answer `job` from the transcript cache (by file, or by `sha256` of its bytes) if it can."""
     settings = runtime.settings
-    setting, now, ttl = language_setting(settings), utcnow(), settings.cache_ttl_days
+    setting = language_setting(settings, language=job.language, task=job.task)
+    now, ttl = utcnow(), serving_days(settings)
     async with runtime.sessions() as session:
         if sha256 is None:
             hit = await find_by_file(

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from voicebot import texts
 from voicebot.delivery import try_edit
+from voicebot.i18n import use_locale
 from voicebot.models import RESERVING, Job, JobStatus, utcnow
 from voicebot.quotas import is_admin
 from voicebot.status import status_lock
@@ -106,14 +107,19 @@ async def press(
             now=utcnow(),
         )
         await session.commit()
+        # "Cancelled" is in the language of the job's sender, who may not be the presser.
+        # (The job `decide` read, from the session: no second query.)
+        job = await session.get(Job, job_id)
+        locale = job.locale if job is not None else None
     log.info("cancel_pressed", job_id=job_id, user_id=user_id, outcome=outcome.value)
     if outcome in (Outcome.cancelled, Outcome.already_cancelled):
         stop(runtime, job_id)
         try:
             async with status_lock(runtime, job_id):
-                await try_edit(
-                    runtime.bot, chat_id=chat_id, message_id=message_id, text=texts.CANCELLED
-                )
+                with use_locale(locale):
+                    await try_edit(
+                        runtime.bot, chat_id=chat_id, message_id=message_id, text=texts.CANCELLED
+                    )
         except TelegramAPIError as error:  # the job's task shows it again when it stops
             log.warning("cancel_not_shown", job_id=job_id, error=str(error))
     return outcome

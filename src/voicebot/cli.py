@@ -211,9 +211,17 @@ def users_list(
     out.print(table)
 
 
-@users.command("grant")
+# A group's id is negative: taken as the argument, not as an unknown option.
+@users.command("grant", context_settings={"ignore_unknown_options": True})
 def users_grant(
-    user_id: UserId,
+    user_id: Annotated[
+        int,
+        typer.Argument(
+            help="Telegram user id, or a group's chat id (negative).",
+            show_default=False,
+            metavar="USER_ID",
+        ),
+    ],
     plan: Annotated[Plan, typer.Option(help="The plan to put the user on.", show_default=False)],
     days: Annotated[
         int | None,

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     chat_admin_cache_seconds: float = Field(default=60.0, ge=0)
     #: Transcript texts older than this many days are deleted; 0 keeps them.
     retention_days: float = Field(default=30, ge=0)
+    #: How often a running bot deletes transcripts and job texts past their time (and at start).
+    purge_interval_seconds: float = Field(default=3600.0, gt=0)
 
     # Access, plans and quotas (0 seconds = no quota)
     admin_ids: Annotated[list[int], NoDecode] = Field(default_factory=list)

@@ -111,15 +111,26 @@ async def put_status(
     reply_to: int,
     text: str,
     retries: int = 2,
+    thread_id: int | None = None,
+    reply_markup: InlineKeyboardMarkup | None = None,
 ) -> int:
-    """Show `text` in the status message, or in a new reply if there is none or it was deleted.
+    """Show `text` (with `reply_markup`'s buttons) in the status message, or in a new reply if
+    there is none or it was deleted.
 
-    Returns the id of the message that now shows `text`.
+    Returns the id of the message that now shows `text`; a new one goes to forum topic
+    `thread_id` (None: the chat itself).
     """
     if status_message_id is not None:
         try:
             await with_retries(
-                partial(edit_text, bot, chat_id=chat_id, message_id=status_message_id, text=text),
+                partial(
+                    edit_text,
+                    bot,
+                    chat_id=chat_id,
+                    message_id=status_message_id,
+                    text=text,
+                    reply_markup=reply_markup,
+                ),
                 retries=retries,
             )
             return status_message_id
@@ -129,7 +140,15 @@ async def put_status(
             log.info("status_message_gone", chat_id=chat_id, message_id=status_message_id)
     reply = ReplyParameters(message_id=reply_to, allow_sending_without_reply=True)
     sent = await with_retries(
-        partial(bot.send_message, chat_id, text, reply_parameters=reply), retries=retries
+        partial(
+            bot.send_message,
+            chat_id,
+            text,
+            reply_parameters=reply,
+            message_thread_id=thread_id,
+            reply_markup=reply_markup,
+        ),
+        retries=retries,
     )
     return sent.message_id
 
@@ -166,10 +185,15 @@ async def deliver(
     done: int,
     on_part_sent: PartSent,
     retries: int = 2,
+    thread_id: int | None = None,
+    reply_markup: InlineKeyboardMarkup | None = None,
 ) -> None:
     """Send `parts` (then `document`) from part number `done` on, recording each one sent.
 
-    Part 0 replaces the status message (an idempotent edit); the rest are new messages.
+    New messages go to forum topic `thread_id` (None: the chat itself).
+
+    Part 0 replaces the status message (an idempotent edit) and carries `reply_markup`; the
+    rest are new messages.
     The status message id passed to `on_part_sent` may change if the user deleted it.
     """
     # A window that cannot be closed: a new message (a later part, the file, or part 0 when
@@ -188,17 +212,31 @@ async def deliver(
                 reply_to=reply_to,
                 text=parts[0],
                 retries=retries,
+                thread_id=thread_id,
+                reply_markup=reply_markup,
             )
         elif index < len(parts):
             await with_retries(
-                partial(bot.send_message, chat_id, parts[index], reply_parameters=reply),
+                partial(
+                    bot.send_message,
+                    chat_id,
+                    parts[index],
+                    reply_parameters=reply,
+                    message_thread_id=thread_id,
+                ),
                 retries=retries,
             )
         else:
             assert document is not None
             upload = BufferedInputFile(document[1], filename=document[0])
             await with_retries(
-                partial(bot.send_document, chat_id, upload, reply_parameters=reply),
+                partial(
+                    bot.send_document,
+                    chat_id,
+                    upload,
+                    reply_parameters=reply,
+                    message_thread_id=thread_id,
+                ),
                 retries=retries,
             )
         assert status_message_id is not None

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -24,6 +24,8 @@ from voicebot.errors import (
 )
 from voicebot.weights import resolve_model
 
+Task = Literal["transcribe", "translate"]
+"""Whisper's tasks: transcribe in the spoken language, or translate into English."""
 ProgressCallback = Callable[[float, float], None]
 """Called with (seconds of audio done, total seconds) while segments are produced."""
 
@@ -46,6 +48,10 @@ class Transcript:
     language_probability: float
     duration: float
     segments: tuple[Segment, ...]
+
+
+SegmentCallback = Callable[[Segment], None]
+"""Called with each segment as it is produced (from the worker thread): the text so far."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +84,17 @@ class Engine:
         *,
         language: str | None = None,
         allowed_languages: Sequence[str] = (),
+        task: Task = "transcribe",
         progress: ProgressCallback | None = None,
+        on_segment: SegmentCallback | None = None,
         cancel: threading.Event | None = None,
         deadline: float | None = None,
     ) -> Transcript:
-        """Transcribe `source`; raises a `BadAudioError`, cancellation or timeout error."""
+        """Transcribe (or, `task="translate"`, translate to English) `source`.
+
+        Raises a `BadAudioError`, cancellation or timeout error. A translation's `language` is
+        the source language (detected when None), as for a transcription.
+        """
         audio = (
             source
             if isinstance(source, np.ndarray)
@@ -93,7 +105,9 @@ class Engine:
                 audio,
                 language=language,
                 allowed=tuple(allowed_languages),
+                task=task,
                 progress=progress,
+                on_segment=on_segment,
                 cancel=cancel,
                 deadline=deadline,
             )
@@ -104,7 +118,9 @@ class Engine:
         *,
         language: str | None = None,
         allowed_languages: Sequence[str] = (),
+        task: Task = "transcribe",
         progress: ProgressCallback | None = None,
+        on_segment: SegmentCallback | None = None,
         time_limit: float | None = None,
     ) -> Transcript:
         """Transcribe in a worker thread; cancelling the awaiting task stops it between segments."""
@@ -116,7 +132,9 @@ class Engine:
                 source,
                 language=language,
                 allowed_languages=allowed_languages,
+                task=task,
                 progress=progress,
+                on_segment=on_segment,
                 cancel=cancel,
                 deadline=deadline,
             )
@@ -137,7 +155,9 @@ class Engine:
         *,
         language: str | None,
         allowed: tuple[str, ...],
+        task: Task,
         progress: ProgressCallback | None,
+        on_segment: SegmentCallback | None,
         cancel: threading.Event | None,
         deadline: float | None,
     ) -> Transcript:
@@ -172,9 +192,7 @@ class Engine:
                 model.model.detect_language(encoder_output)[0], allowed
             )
 
-        tokenizer = Tokenizer(
-            model.hf_tokenizer, self.multilingual, task="transcribe", language=language
-        )
+        tokenizer = Tokenizer(model.hf_tokenizer, self.multilingual, task=task, language=language)
         options = _stock_options(tokenizer, beam_size=self.options.beam_size)
         segments = model.generate_segments(features, tokenizer, options, False, encoder_output)
         if speech_chunks:
@@ -183,6 +201,8 @@ class Engine:
         produced: list[Segment] = []
         for segment in segments:
             produced.append(Segment(float(segment.start), float(segment.end), segment.text))
+            if on_segment is not None:
+                on_segment(produced[-1])
             if progress is not None:
                 progress(min(float(segment.end), duration), duration)
             if cancel is not None and cancel.is_set():

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import structlog
-from aiogram.types import Message
+from aiogram.types import CallbackQuery, Message
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,9 +19,10 @@ from voicebot import texts
 from voicebot.admission import admit, count_active
 from voicebot.config import Settings
 from voicebot.db import Sessions
-from voicebot.i18n import locale_for
+from voicebot.i18n import DEFAULT_LOCALE, locale_for, use_locale
 from voicebot.models import (
     Chat,
+    Job,
     Sender,
     User,
     chats_by_id,
@@ -30,6 +31,7 @@ from voicebot.models import (
     upsert_senders,
     utcnow,
 )
+from voicebot.outputs import PressAnswer
 from voicebot.quotas import lock_users
 from voicebot.ratelimits import Limiters
 
@@ -54,10 +56,21 @@ class Intake:
     """The media messages accepted from one batch of updates, in arrival order."""
 
     accepted: dict[tuple[int, int], tuple[Message, Media]] = field(default_factory=dict)
+    #: Translate presses, by the transcript message they were pressed on (see `Translation`).
+    translations: dict[tuple[int, int], Translation] = field(default_factory=dict)
 
     def accept(self, message: Message, media: Media) -> None:
         """Take `message` for transcription; it becomes a job when the batch is recorded."""
         self.accepted.setdefault((message.chat.id, message.message_id), (message, media))
+
+    def accept_translation(
+        self, query: CallbackQuery, *, source: Job, language: str, duration: float
+    ) -> None:
+        """Take a Translate press on `source`'s transcript message; the press is answered once
+        its batch is recorded (`Recorded.answers`)."""
+        assert source.status_message_id is not None  # the press was checked against it
+        key = (source.chat_id, source.status_message_id)
+        self.translations.setdefault(key, Translation(query, source, language, duration))
 
     def sort(self, arrival: list[tuple[int, int]]) -> None:
         """Put the accepted messages in arrival order (handlers finish in any order)."""
@@ -72,14 +85,28 @@ class Refusal:
 
     message: Message
     text: str
+    #: The sender's interface language, which `text` is in.
+    locale: str = DEFAULT_LOCALE
+
+
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """A Translate press: a job of its own, keyed (chat, transcript message), so a second press
+    adds nothing; it re-downloads the source's file and translates from its detected language."""
+
+    query: CallbackQuery
+    source: Job
+    language: str
+    duration: float
 
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """What `record` did: new job ids (oldest first) and the messages refused."""
+    """What `record` did: new job ids (oldest first), the messages refused, the presses' answers."""
 
     job_ids: list[int]
     refused: list[Refusal]
+    answers: list[PressAnswer] = field(default_factory=list)
 
 
 # Errors that say the database is unreachable or busy, not that this data is wrong: the batch
@@ -90,13 +117,32 @@ TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 async def record(
     sessions: Sessions, intake: Intake, *, settings: Settings, limiters: Limiters
 ) -> Recorded:
-    """Decide on and commit the batch's jobs (with users and chats); a redelivery adds nothing.
+    """Decide on and commit the batch's jobs, media first, then translations (`_record_media`,
+    `record_translations`); a redelivery adds nothing."""
+    media = await _record_media(
+        sessions, list(intake.accepted.values()), settings=settings, limiters=limiters
+    )
+    if not intake.translations:
+        return media
+    asked = await record_translations(
+        sessions, list(intake.translations.values()), settings=settings, limiters=limiters
+    )
+    return Recorded(media.job_ids + asked.job_ids, media.refused, asked.answers)
+
+
+async def _record_media(
+    sessions: Sessions,
+    items: list[tuple[Message, Media]],
+    *,
+    settings: Settings,
+    limiters: Limiters,
+) -> Recorded:
+    """Decide on and commit the media jobs (with users and chats); a redelivery adds nothing.
 
     A transient database error propagates (nothing was confirmed, so Telegram sends the batch
     again). Data the database refuses fails only its own message: the others are stored one
     by one and the failed ones are refused with the "something went wrong" line.
     """
-    items = list(intake.accepted.values())
     if not items:
         return Recorded([], [])
     store = partial(_store, sessions, settings=settings, limiters=limiters)
@@ -121,7 +167,11 @@ async def record(
                 message_id=message.message_id,
                 error=repr(error),
             )
-            refused.append(Refusal(message, texts.FAILED))
+            # The sender's /settings choice is not read here: Telegram's language will do.
+            sender = message.from_user.language_code if message.from_user else None
+            locale = locale_for(None, sender)
+            with use_locale(locale):
+                refused.append(Refusal(message, texts.FAILED, locale))
         else:
             job_ids += one.job_ids
             refused += one.refused
@@ -142,7 +192,9 @@ async def _store(
         # The upserts come first: on SQLite they take the write lock, so what the decisions
         # below read cannot change under them; on PostgreSQL lock_users locks the rows.
         senders = await _upsert_senders(session, items)
-        users = await lock_users(session, user_ids=sorted(set(senders.values())))
+        # Groups' own rows (a plan granted to the group) come along: see quotas.effective_plan.
+        groups = {chat_id for chat_id, _ in senders if chat_id < 0}
+        users = await lock_users(session, user_ids=sorted(set(senders.values()) | groups))
         counts = await count_active(session, user_ids=list(users))
         seen = await existing_jobs(session, keys=list(senders))
         chats = await chats_by_id(session, chat_ids=list({key[0] for key in senders}))
@@ -152,18 +204,21 @@ async def _store(
                 log.info("duplicate_update", chat_id=key[0], message_id=key[1])
                 continue
             user = users[senders[key]]
-            admission = await admit(
-                session,
-                user=user,
-                duration=media.duration,
-                counts=counts,
-                settings=settings,
-                limiters=limiters,
-                now=now,
-            )
+            locale = locale_for(user.ui_language, user.language_code)
+            with use_locale(locale):  # a refusal is told in the sender's language
+                admission = await admit(
+                    session,
+                    user=user,
+                    duration=media.duration,
+                    counts=counts,
+                    settings=settings,
+                    limiters=limiters,
+                    now=now,
+                    group=users.get(key[0]) if key[0] < 0 else None,
+                )
             if admission.refusal is not None:
                 log.info("job_refused", user_id=user.id, reason=admission.refusal[:60])
-                refused.append(Refusal(message, admission.refusal))
+                refused.append(Refusal(message, admission.refusal, locale))
                 continue
             chat = chats[key[0]]
             job_id = await insert_job(
@@ -199,14 +254,18 @@ async def _upsert_senders(
     rows: list[Sender] = []
     for message, _ in items:
         sender, chat = message.from_user, message.chat
-        # Anonymous group admins and channels have no from_user; the chat stands in.
-        user_id = sender.id if sender else chat.id
+        # An anonymous group admin or a channel writes as `sender_chat` (from_user is then a
+        # placeholder bot shared by every group): that chat is the sender, with its own quota.
+        as_chat = message.sender_chat or chat
+        if message.sender_chat is not None:
+            sender = None
+        user_id = sender.id if sender else as_chat.id
         senders[(chat.id, message.message_id)] = user_id
         rows.append(
             Sender(
                 user_id=user_id,
-                first_name=(sender.first_name if sender else chat.title or "")[:256],
-                username=sender.username if sender else chat.username,
+                first_name=(sender.first_name if sender else as_chat.title or "")[:256],
+                username=sender.username if sender else as_chat.username,
                 language_code=sender.language_code if sender else None,
                 chat_id=chat.id,
                 chat_type=chat.type,
@@ -226,3 +285,113 @@ def job_settings(message: Message, *, user: User, chat: Chat) -> dict[str, objec
         "output": user.output_format if private else "text",
         "thread_id": message.message_thread_id if message.is_topic_message else None,
     }
+
+
+async def record_translations(
+    sessions: Sessions, translations: list[Translation], *, settings: Settings, limiters: Limiters
+) -> Recorded:
+    """Decide on and commit translation jobs as for media (the presser's quota and limits),
+    with the answer each press gets; a press on a transcript already asked for adds nothing.
+
+    A transient database error propagates (the batch is fetched again); any other answers the
+    presses with the "something went wrong" line.
+    """
+    try:
+        return await _store_translations(
+            sessions, translations, settings=settings, limiters=limiters
+        )
+    except TRANSIENT_DB_ERRORS:
+        raise
+    except DBAPIError as error:
+        log.error("translations_not_recorded", error=repr(error), size=len(translations))
+        answers = []
+        for asked in translations:
+            presser = asked.query.from_user
+            with use_locale(locale_for(None, presser.language_code)):
+                answers.append(PressAnswer(asked.query, texts.FAILED, alert=True))
+        return Recorded([], [], answers)
+
+
+async def _store_translations(
+    sessions: Sessions, translations: list[Translation], *, settings: Settings, limiters: Limiters
+) -> Recorded:
+    job_ids: list[int] = []
+    answers: list[PressAnswer] = []
+    now = utcnow()
+    async with sessions() as session:
+        rows = [_presser(asked) for asked in translations]
+        await upsert_senders(session, senders=rows)  # first: it takes SQLite's write lock
+        groups = {asked.source.chat_id for asked in translations if asked.source.chat_id < 0}
+        users = await lock_users(session, user_ids=sorted({r.user_id for r in rows} | groups))
+        counts = await count_active(session, user_ids=list(users))
+        keys = [
+            (asked.source.chat_id, asked.source.status_message_id or 0) for asked in translations
+        ]
+        seen = await existing_jobs(session, keys=keys)
+        for asked, key in zip(translations, keys, strict=True):
+            source, user = asked.source, users[asked.query.from_user.id]
+            locale = locale_for(user.ui_language, user.language_code)
+            with use_locale(locale):  # the presser is answered in their language
+                if key in seen:
+                    answers.append(PressAnswer(asked.query, texts.translation_pending(), False))
+                    continue
+                admission = await admit(
+                    session,
+                    user=user,
+                    duration=asked.duration,
+                    counts=counts,
+                    settings=settings,
+                    limiters=limiters,
+                    now=now,
+                    group=users.get(key[0]) if key[0] < 0 else None,
+                )
+                if admission.refusal is not None:
+                    log.info("translation_refused", user_id=user.id, reason=admission.refusal[:60])
+                    answers.append(PressAnswer(asked.query, admission.refusal, True))
+                    continue
+                job_id = await insert_job(
+                    session,
+                    chat_id=key[0],
+                    user_id=user.id,
+                    message_id=key[1],
+                    kind=source.kind,
+                    file_id=source.file_id,
+                    file_unique_id=source.file_unique_id,
+                    file_size=source.file_size,
+                    file_name=source.file_name,
+                    mime_type=source.mime_type,
+                    duration=asked.duration,
+                    priority=admission.priority,
+                    reserved_seconds=admission.reserve,
+                    locale=locale,
+                    language=asked.language,
+                    task="translate",
+                    output="text",
+                    thread_id=source.thread_id,
+                    source_job_id=source.id,
+                )
+                if job_id is None:  # asked for by a press recorded meanwhile
+                    answers.append(PressAnswer(asked.query, texts.translation_pending(), False))
+                    continue
+                job_ids.append(job_id)
+                counts.add(user.id)
+                answers.append(PressAnswer(asked.query, texts.translation_started(), False))
+        await session.commit()
+    if job_ids:
+        log.info("translations_accepted", job_ids=job_ids)
+    return Recorded(job_ids, [], answers)
+
+
+def _presser(asked: Translation) -> Sender:
+    """Who pressed Translate, and the chat of the transcript."""
+    presser, message = asked.query.from_user, asked.query.message
+    chat = message.chat if message is not None else None
+    return Sender(
+        user_id=presser.id,
+        first_name=presser.first_name[:256],
+        username=presser.username,
+        language_code=presser.language_code,
+        chat_id=asked.source.chat_id,
+        chat_type=chat.type if chat is not None else "private",
+        chat_title=chat.title[:256] if chat is not None and chat.title else None,
+    )

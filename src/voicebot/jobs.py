@@ -13,11 +13,17 @@ from typing import Any
 
 import structlog
 from aiogram import Bot
-from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramMigrateToChat,
+)
+from sqlalchemy import select
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqDepends
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
-from voicebot import cache, texts
+from voicebot import cache, languages, texts
 from voicebot.answers import deliver_transcript, tell_cancelled, tell_failure
 from voicebot.audio import SAMPLE_RATE, decode
 from voicebot.chatadmins import ChatAdmins
@@ -39,6 +45,8 @@ from voicebot.errors import (
     TranscriptionCancelledError,
     VoicebotError,
 )
+from voicebot.groups import chat_gone, drop_unreachable
+from voicebot.i18n import use_locale
 from voicebot.models import (
     ACTIVE,
     FINAL,
@@ -53,7 +61,7 @@ from voicebot.models import (
     unfinished_job_ids,
     utcnow,
 )
-from voicebot.quotas import ROUNDING_SECONDS, charge, is_admin, lock_user, standing
+from voicebot.quotas import ROUNDING_SECONDS, charge, group_of, is_admin, lock_user, standing
 from voicebot.ratelimits import Limiters
 from voicebot.slots import Slots
 from voicebot.status import Progress, acknowledge, cancel_keyboard, status_lock
@@ -124,10 +132,18 @@ async def recover(runtime: Runtime) -> int:
 
 async def transcribe_job(job_id: int, runtime: Runtime = TaskiqDepends()) -> None:
     """The task: transcribe one job and deliver it exactly once; safe to run again."""
-    current = asyncio.current_task()
-    assert current is not None
     if runtime.stopping:
         return  # queued after shutdown began: recovered, and acknowledged, at the next start
+    async with runtime.sessions() as session:
+        locale = await session.scalar(select(Job.locale).where(Job.id == job_id))
+    # Everything the job says (status, progress, failure, "Cancelled") is in its sender's language.
+    with use_locale(locale):
+        await _job(runtime, job_id)
+
+
+async def _job(runtime: Runtime, job_id: int) -> None:
+    current = asyncio.current_task()
+    assert current is not None
     runtime.acknowledging.add(current)
     try:
         await acknowledge(runtime, job_id)
@@ -180,6 +196,8 @@ async def _run(runtime: Runtime, job_id: int) -> None:
         await tell_failure(runtime, job, job.error_text)
         return
     attempts = job.attempts
+    if await chat_gone(runtime, job):
+        return  # the bot left the group, or it became a supergroup: no one to answer
     try:
         if job.transcript_id is None and await _sender_banned(runtime, job):
             raise BannedError(texts.BANNED)
@@ -258,13 +276,16 @@ async def _transcribe(runtime: Runtime, job: Job) -> None:
     audio = await asyncio.to_thread(decode, data, max_seconds=settings.max_audio_seconds)
     del data  # the audio is not kept after its job
     await _check_quota(runtime, job, len(audio) / SAMPLE_RATE)
-    progress = Progress(runtime, job)
+    progress = Progress(runtime, job, seconds=len(audio) / SAMPLE_RATE)
     try:
+        language = languages.for_engine(languages.effective(job.language, settings))
         result = await runtime.engine.transcribe_async(
             audio,
-            language=settings.whisper_language,
-            allowed_languages=settings.whisper_allowed_languages,
+            language=language.language,
+            allowed_languages=language.allowed,
+            task="translate" if job.task == "translate" else "transcribe",
             progress=progress.report,
+            on_segment=progress.segment,
             time_limit=settings.job_timeout_seconds,
         )
     except TranscriptionCancelledError as error:
@@ -320,7 +341,10 @@ async def _check_quota(runtime: Runtime, job: Job, seconds: float) -> None:
         if user is None:
             return
         now = utcnow()
-        where = await standing(session, user=user, settings=settings, now=now, excluding_job=job.id)
+        group = await group_of(session, chat_id=job.chat_id)
+        where = await standing(
+            session, user=user, settings=settings, now=now, excluding_job=job.id, group=group
+        )
         left = where.left
         if left is not None and seconds > left + ROUNDING_SECONDS:
             raise QuotaExceededError(
@@ -340,7 +364,7 @@ def _stored(result: EngineTranscript, *, job: Job, settings: Settings, sha256: s
         segments=[{"start": s.start, "end": s.end, "text": s.text} for s in result.segments],
         model=settings.whisper_model,
         sha256=sha256,
-        language_setting=cache.language_setting(settings),
+        language_setting=cache.language_setting(settings, language=job.language, task=job.task),
     )
 
 
@@ -372,6 +396,9 @@ async def _download(runtime: Runtime, job: Job) -> bytes:
 
 async def _fail(runtime: Runtime, job: Job, error: BaseException) -> None:
     """Record the failure and what the user is told, then tell them in their status message."""
+    if isinstance(error, TelegramForbiddenError | TelegramMigrateToChat):
+        await drop_unreachable(runtime, job, error)  # the bot cannot write there any more
+        return
     permanent = isinstance(error, BadAudioError | _GaveUpError | QuotaExceededError | BannedError)
     message = str(error) if isinstance(error, VoicebotError) else texts.FAILED
     log.warning(

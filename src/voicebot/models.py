@@ -316,6 +316,25 @@ async def insert_job(session: AsyncSession, **values: Any) -> int | None:
     return found.scalar_one_or_none()
 
 
+async def set_chat_language(
+    session: AsyncSession, *, chat_id: int, chat_type: str, title: str | None, language: str
+) -> None:
+    """Set a chat's recognition language setting (see Chat.language), making its row if new."""
+    values = {"id": chat_id, "type": chat_type, "title": title[:256] if title else None}
+    insert = _insert_for(session)(Chat).values(**values, created_at=utcnow(), language=language)
+    await session.execute(
+        insert.on_conflict_do_update(index_elements=[Chat.id], set_={"language": language})
+    )
+
+
+async def set_output_format(session: AsyncSession, *, sender: Sender, output_format: str) -> None:
+    """Set a user's default output (text, timestamps or srt), recording them first if new."""
+    await upsert_senders(session, senders=[sender])
+    await session.execute(
+        update(User).where(User.id == sender.user_id).values(output_format=output_format)
+    )
+
+
 async def chats_by_id(session: AsyncSession, *, chat_ids: list[int]) -> dict[int, Chat]:
     """The chats with these ids."""
     found = await session.execute(select(Chat).where(Chat.id.in_(chat_ids)))

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from voicebot.intake import TRANSIENT_DB_ERRORS, Intake, Refusal, record
 from voicebot.jobs import Runtime
+from voicebot.outputs import answer_press
 from voicebot.ratelimits import may_notify
 
 log = structlog.get_logger(__name__)
@@ -106,7 +107,10 @@ async def handle_batch(runtime: Runtime, dispatcher: Dispatcher, batch: list[Any
         runtime.sessions, intake, settings=runtime.settings, limiters=runtime.limiters
     )
     stored = time.monotonic()
-    await asyncio.gather(*(tell_refusal(runtime, refusal) for refusal in recorded.refused))
+    await asyncio.gather(
+        *(tell_refusal(runtime, refusal) for refusal in recorded.refused),
+        *(answer_press(press) for press in recorded.answers),  # button presses (Translate)
+    )
     for job_id in recorded.job_ids:
         await runtime.kick(job_id)
     log.debug(
@@ -124,7 +128,8 @@ async def handle_batch(runtime: Runtime, dispatcher: Dispatcher, batch: list[Any
 async def tell_refusal(runtime: Runtime, refusal: Refusal) -> None:
     """Reply with the reason a message was refused, at most once a minute per sender."""
     message = refusal.message
-    sender = message.from_user.id if message.from_user else message.chat.id
+    # As the door counts them: an anonymous admin or a channel is its `sender_chat`.
+    sender = (message.sender_chat or message.from_user or message.chat).id
     if not await may_notify(runtime.limiters, user_id=sender):
         return
     try:

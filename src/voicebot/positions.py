@@ -3,7 +3,8 @@
 One loop per process (`show_positions`) reads every waiting job's place each TICK_SECONDS, in
 one pass with the key `slots` and `models.count_ahead` use (class, turn, id), and edits the
 status messages whose place changed:
-- each message at most once per PROGRESS_INTERVAL_SECONDS (its first reply counts);
+- each message at most once per PROGRESS_INTERVAL_SECONDS (its first reply counts), in groups
+  once per GROUP_EDIT_INTERVAL_SECONDS (Telegram allows a group about 20 messages a minute);
 - at most POSITION_EDITS_PER_SECOND edits in any second for all chats together, counted in a
   moving window in the rate-limit storage, so replies and transcripts keep room under
   Telegram's ~30 messages a second;
@@ -40,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from voicebot import texts
 from voicebot.delivery import edit_text
+from voicebot.i18n import use_locale
 from voicebot.models import ACTIVE, Job, JobStatus, as_utc, utcnow
 from voicebot.status import cancel_keyboard, place_in_line, status_lock
 
@@ -139,16 +141,19 @@ async def update_positions(runtime: Runtime, per_second: RateLimitItem) -> int:
     for gone in shown.keys() - {job.job_id for job in waiting}:
         del shown[gone]  # started, finished or cancelled
     now = time.monotonic()
+    # Telegram allows a group about 20 messages a minute: its messages are edited less often.
+    group_interval = max(settings.progress_interval_seconds, settings.group_edit_interval_seconds)
     due: list[tuple[int, Waiting]] = []
     for job in waiting:
         place = place_in_line(job.ahead, settings.workers)
         last, at = shown.get(job.job_id, (None, -math.inf))
+        interval = group_interval if job.chat_id < 0 else settings.progress_interval_seconds
         if (
             job.shows_place
             and job.status_message_id is not None
             and place >= 1  # 0: a slot is free for it, and its own "Transcribing…" comes next
             and place != last
-            and now - at >= settings.progress_interval_seconds
+            and now - at >= interval
         ):
             due.append((place, job))
     chosen: list[tuple[int, Waiting]] = []
@@ -176,13 +181,14 @@ async def _show(runtime: Runtime, waiting: Waiting, place: int) -> None:
         ):
             return
         try:
-            await edit_text(
-                runtime.bot,
-                chat_id=waiting.chat_id,
-                message_id=waiting.status_message_id,
-                text=texts.queued(waiting.ahead, runtime.settings.workers),
-                reply_markup=cancel_keyboard(waiting.job_id),
-            )
+            with use_locale(job.locale):  # each message in its sender's language
+                await edit_text(
+                    runtime.bot,
+                    chat_id=waiting.chat_id,
+                    message_id=waiting.status_message_id,
+                    text=texts.queued(waiting.ahead, runtime.settings.workers),
+                    reply_markup=cancel_keyboard(waiting.job_id),
+                )
         except TelegramAPIError as error:
             log.info("position_edit_skipped", job_id=waiting.job_id, error=str(error))
         # Recorded even when the edit failed: a deleted message (or a user who blocked the

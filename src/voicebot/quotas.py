@@ -39,12 +39,28 @@ def next_reset(now: datetime, timezone: str) -> datetime:
     return tomorrow.astimezone(UTC)
 
 
-def effective_plan(user: User, now: datetime) -> Plan:
-    """The user's plan, or free once a granted plan has expired."""
+#: Plans from least to most: in a group, a job counts under the group's plan when it is better.
+PLAN_RANK = {Plan.free: 0, Plan.premium: 1, Plan.unlimited: 2}
+
+
+def effective_plan(user: User, now: datetime, group: User | None = None) -> Plan:
+    """The user's plan (free once a granted plan has expired), or `group`'s when that is better."""
+    plan = _own_plan(user, now)
+    if group is not None and PLAN_RANK[_own_plan(group, now)] > PLAN_RANK[plan]:
+        return _own_plan(group, now)
+    return plan
+
+
+def _own_plan(user: User, now: datetime) -> Plan:
     expires = user.plan_expires_at
     if expires is not None and as_utc(expires) <= now:
         return Plan.free
     return Plan(user.plan)
+
+
+async def group_of(session: AsyncSession, *, chat_id: int) -> User | None:
+    """The row carrying the plan of group `chat_id` (its id is the chat's); None in private."""
+    return await session.get(User, chat_id) if chat_id < 0 else None
 
 
 def is_admin(settings: Settings, user_id: int) -> bool:
@@ -52,18 +68,20 @@ def is_admin(settings: Settings, user_id: int) -> bool:
     return user_id in settings.admin_ids
 
 
-def priority_of(settings: Settings, user: User, now: datetime) -> int:
-    """1 for premium, unlimited and admin senders, 0 for free."""
-    if is_admin(settings, user.id) or effective_plan(user, now) != Plan.free:
+def priority_of(settings: Settings, user: User, now: datetime, group: User | None = None) -> int:
+    """1 for premium, unlimited and admin senders (or a group with such a plan), 0 for free."""
+    if is_admin(settings, user.id) or effective_plan(user, now, group) != Plan.free:
         return 1
     return 0
 
 
-def daily_allowance(settings: Settings, user: User, now: datetime) -> float | None:
-    """Seconds a day the user's plan allows; None when nothing limits them."""
+def daily_allowance(
+    settings: Settings, user: User, now: datetime, group: User | None = None
+) -> float | None:
+    """Seconds a day the user's plan (or `group`'s, if better) allows; None: no limit."""
     if is_admin(settings, user.id):
         return None
-    plan = effective_plan(user, now)
+    plan = effective_plan(user, now, group)
     seconds = {
         Plan.free: settings.daily_quota_seconds,
         Plan.premium: settings.premium_daily_quota_seconds,
@@ -104,8 +122,13 @@ async def standing(
     settings: Settings,
     now: datetime,
     excluding_job: int | None = None,
+    group: User | None = None,
 ) -> Standing:
-    """The user's plan, today's use, active reservations (but `excluding_job`'s) and balance."""
+    """The user's plan, today's use, active reservations (but `excluding_job`'s) and balance.
+
+    In a group with a better plan (`group`), the plan and allowance are the group's; the use,
+    reservations and balance are still the sender's own.
+    """
     since = day_start(now, settings.quota_timezone)
     used = await session.scalar(
         select(func.coalesce(func.sum(Usage.charged_seconds - Usage.balance_seconds), 0.0)).where(
@@ -118,11 +141,12 @@ async def standing(
     if excluding_job is not None:
         reserving = reserving.where(Job.id != excluding_job)
     reserved = await session.scalar(reserving)
-    plan = effective_plan(user, now)
+    plan = effective_plan(user, now, group)
+    holder = user if plan == _own_plan(user, now) or group is None else group
     return Standing(
         plan=plan,
-        plan_expires_at=user.plan_expires_at if plan != Plan.free else None,
-        allowance=daily_allowance(settings, user, now),
+        plan_expires_at=holder.plan_expires_at if plan != Plan.free else None,
+        allowance=daily_allowance(settings, user, now, group),
         used_today=float(used or 0.0),
         reserved=float(reserved or 0.0),
         balance=user.balance_seconds,
@@ -163,7 +187,10 @@ async def charge(
     user = await lock_user(session, user_id=job.user_id)
     charged = from_balance = 0.0
     if user is not None:
-        where = await standing(session, user=user, settings=settings, now=now, excluding_job=job.id)
+        group = await group_of(session, chat_id=job.chat_id)
+        where = await standing(
+            session, user=user, settings=settings, now=now, excluding_job=job.id, group=group
+        )
         if where.allowance is not None:
             charged = min(audio_seconds, where.allowance_left + max(0.0, where.balance))
             from_balance = max(0.0, charged - where.allowance_left)

@@ -11,18 +11,19 @@ from aiogram import Bot
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError
-from aiogram.types import BotCommand, User
+from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, User
+from aiogram.utils.i18n import I18n
 
-from voicebot import cancels, positions, texts
+from voicebot import cancels, positions, privacy, texts
 from voicebot.bot import build_dispatcher
-from voicebot.bot.admin import set_admin_menus
-from voicebot.cache import purge_periodically
+from voicebot.bot.admin import admin_menu, set_admin_menus
 from voicebot.chatadmins import ChatAdmins
 from voicebot.config import Settings
 from voicebot.db import build_engine as build_db_engine
 from voicebot.db import build_sessions, upgrade_async
 from voicebot.engine import build_engine
 from voicebot.errors import ConfigError
+from voicebot.i18n import DEFAULT_LOCALE, SUPPORTED, build_i18n
 from voicebot.jobs import Runtime, build_broker, recover
 from voicebot.polling import poll
 from voicebot.ratelimits import build_limiters
@@ -54,6 +55,10 @@ def build_bot(settings: Settings) -> Bot:
 async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM; then finish running jobs within the grace period."""
     bot = build_bot(settings)
+    i18n = build_i18n()
+    # Current for the whole service: the tasks created below inherit it, and each update or
+    # job picks its own locale within it (English where none is chosen).
+    i18n.set_current(i18n)
     try:
         me = await _check_token(bot, settings)
         await upgrade_async(settings.sqlalchemy_url)
@@ -69,7 +74,7 @@ async def serve(settings: Settings) -> None:
                 limiters=build_limiters(settings),
                 chat_admins=ChatAdmins(ttl=settings.chat_admin_cache_seconds),
             )
-            await _poll(runtime, me)
+            await _poll(runtime, me, i18n)
         finally:
             await database.dispose()
     finally:
@@ -77,10 +82,10 @@ async def serve(settings: Settings) -> None:
     log.info("stopped")
 
 
-async def _poll(runtime: Runtime, me: User) -> None:
+async def _poll(runtime: Runtime, me: User, i18n: I18n) -> None:
     settings, bot = runtime.settings, runtime.bot
     broker = build_broker(runtime)
-    dispatcher = build_dispatcher(runtime)
+    dispatcher = build_dispatcher(runtime, i18n=i18n)
     await broker.startup()
     try:
         log.info(
@@ -90,17 +95,12 @@ async def _poll(runtime: Runtime, me: User) -> None:
             model=settings.whisper_model,
             workers=settings.workers,
         )
-        # /buy and /paysupport only while purchases are on (STARS_PACKAGES).
-        public = texts.COMMANDS | (texts.PAYMENT_COMMANDS if settings.stars_packages else {})
-        menu = [BotCommand(command=name, description=text) for name, text in public.items()]
-        await bot.set_my_commands(menu)
-        await set_admin_menus(bot, settings, menu)
+        await set_menus(bot, settings, i18n)
         await recover(runtime)
         background = [
-            # Expired cached transcripts are purged now and hourly; no job waits for it.
-            asyncio.create_task(
-                purge_periodically(runtime.sessions, ttl_days=settings.cache_ttl_days)
-            ),
+            # Transcripts and job texts past CACHE_TTL_DAYS / RETENTION_DAYS are deleted now and
+            # every PURGE_INTERVAL_SECONDS; no job waits for it.
+            asyncio.create_task(privacy.purge_periodically(runtime.sessions, settings=settings)),
             # Jobs cancelled by another process stop here too; queue positions stay current.
             asyncio.create_task(cancels.watch(runtime)),
             asyncio.create_task(positions.show_positions(runtime)),
@@ -122,6 +122,26 @@ async def _poll(runtime: Runtime, me: User) -> None:
         await _drain(runtime, settings.shutdown_grace_seconds)
     finally:
         await broker.shutdown()
+
+
+async def set_menus(bot: Bot, settings: Settings, i18n: I18n) -> None:
+    """The command menus in every interface language, and in English for any other language."""
+    admins: dict[str | None, list[BotCommand]] = {}
+    for language_code in (None, *SUPPORTED):
+        with i18n.use_locale(language_code or DEFAULT_LOCALE):
+            # /buy and /paysupport only while purchases are on (STARS_PACKAGES).
+            public = texts.COMMANDS | (texts.PAYMENT_COMMANDS if settings.stars_packages else {})
+            menu = [BotCommand(command=name, description=text) for name, text in public.items()]
+            groups = [
+                BotCommand(command=name, description=text)
+                for name, text in texts.GROUP_COMMANDS.items()
+            ]
+            admins[language_code] = admin_menu(settings, menu)
+        await bot.set_my_commands(menu, language_code=language_code)
+        await bot.set_my_commands(
+            groups, scope=BotCommandScopeAllGroupChats(), language_code=language_code
+        )
+    await set_admin_menus(bot, settings, admins)
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -14,25 +14,35 @@ While the job is queued or transcribing, the status message carries a Cancel but
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from functools import partial
 from typing import TYPE_CHECKING
 
 import structlog
-from aiogram.exceptions import TelegramAPIError
+from aiogram.exceptions import (
+    TelegramAPIError,
+    TelegramBadRequest,
+    TelegramForbiddenError,
+    TelegramRetryAfter,
+)
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
 
 from voicebot import texts
-from voicebot.delivery import try_edit, with_retries
+from voicebot.delivery import TRANSIENT, edit_text, with_retries
 from voicebot.models import ACTIVE, RESERVING, Job, count_ahead, set_job, utcnow
 
 if TYPE_CHECKING:
+    from voicebot.engine import Segment
     from voicebot.jobs import Runtime
 
 log = structlog.get_logger(__name__)
 
 #: callback_data of the Cancel button: the prefix and the job id.
 CANCEL_PREFIX = "cancel:"
+#: Most characters of recognised text a progress edit shows (its last part): with the
+#: percentage line well within Telegram's 4096, whatever the UTF-16 length of the text.
+PARTIAL_TEXT_CHARS = 3000
 
 
 def cancel_keyboard(job_id: int) -> InlineKeyboardMarkup:
@@ -101,6 +111,7 @@ async def ensure_status(runtime: Runtime, job_id: int, *, queued: bool = False) 
                 text,
                 reply_parameters=reply,
                 reply_markup=keyboard,
+                message_thread_id=job.thread_id,  # the media's forum topic
             )
         )
     except TelegramAPIError as error:
@@ -117,34 +128,83 @@ async def ensure_status(runtime: Runtime, job_id: int, *, queued: bool = False) 
 
 
 class Progress:
-    """Relays engine progress (from its thread) into throttled status-message edits."""
+    """Relays engine progress and text (from its thread) into throttled status-message edits.
 
-    def __init__(self, runtime: Runtime, job: Job) -> None:
+    Recordings longer than PARTIAL_TEXT_MIN_SECONDS show the end of the text recognised so far
+    under the percentage. In groups (Telegram allows about 20 messages a minute there),
+    recordings shorter than GROUP_PROGRESS_MIN_SECONDS get no progress edits and longer ones at
+    most one per GROUP_EDIT_INTERVAL_SECONDS.
+    """
+
+    def __init__(self, runtime: Runtime, job: Job, *, seconds: float) -> None:
+        settings = runtime.settings
         self.runtime = runtime
         self.job = job
         self.started = time.monotonic()
         self.fraction = 0.0
         self.shown = 0.0
-        self.ticker = asyncio.create_task(self._tick()) if job.status_message_id else None
+        self.partial = seconds > settings.partial_text_min_seconds
+        self._texts: list[str] = []
+        self._lock = threading.Lock()  # the engine's thread appends, the ticker reads
+        group = job.chat_id < 0
+        self.interval = settings.progress_interval_seconds
+        if group:
+            self.interval = max(self.interval, settings.group_edit_interval_seconds)
+        edits = job.status_message_id is not None and not (
+            group and seconds < settings.group_progress_min_seconds
+        )
+        self.ticker = asyncio.create_task(self._tick()) if edits else None
 
     def report(self, done: float, total: float) -> None:
-        """Engine callback (worker thread)."""
+        """Engine progress callback (worker thread)."""
         self.fraction = done / total if total else 1.0
 
+    def segment(self, segment: Segment) -> None:
+        """Engine segment callback (worker thread): keeps the text for the next edit."""
+        if self.partial and (text := segment.text.strip()):
+            with self._lock:
+                self._texts.append(text)
+
+    def text_so_far(self) -> str:
+        """The last PARTIAL_TEXT_CHARS of the text recognised so far, from a word on."""
+        with self._lock:
+            text = " ".join(self._texts)  # as the engine joins the final transcript
+        if len(text) <= PARTIAL_TEXT_CHARS:
+            return text
+        tail = text[-PARTIAL_TEXT_CHARS:]
+        space = tail.find(" ")
+        return "…" + (tail[space + 1 :] if 0 <= space < PARTIAL_TEXT_CHARS // 10 else tail)
+
     async def _tick(self) -> None:
-        interval = self.runtime.settings.progress_interval_seconds
-        assert self.job.status_message_id is not None
+        message_id = self.job.status_message_id
+        assert message_id is not None
+        bound = log.bind(job_id=self.job.id, chat_id=self.job.chat_id)
         while True:
-            await asyncio.sleep(interval)
-            if self.fraction > self.shown and self.fraction < 1.0:
-                self.shown = self.fraction
-                await try_edit(
+            await asyncio.sleep(self.interval)
+            if not self.shown < self.fraction < 1.0:
+                continue
+            self.shown = self.fraction
+            text = texts.progress(self.fraction, time.monotonic() - self.started)
+            if partial := self.text_so_far():
+                text += "\n\n" + partial
+            try:
+                await edit_text(
                     self.runtime.bot,
                     chat_id=self.job.chat_id,
-                    message_id=self.job.status_message_id,
-                    text=texts.progress(self.fraction, time.monotonic() - self.started),
+                    message_id=message_id,
+                    text=text,
                     reply_markup=cancel_keyboard(self.job.id),
                 )
+            except TelegramRetryAfter as error:
+                bound.info("progress_edit_skipped", error=str(error))
+                await asyncio.sleep(error.retry_after)  # no edit before Telegram allows one
+            except (*TRANSIENT, TelegramBadRequest) as error:
+                bound.info("progress_edit_skipped", error=str(error))
+            except TelegramForbiddenError as error:
+                # Blocked by the user, or removed from the group: no more edits; the job
+                # goes on, and its answer meets the same error where it is handled.
+                bound.warning("progress_stopped", error=str(error))
+                return
 
     async def stop(self) -> None:
         """Stop editing; called when the transcription ends either way."""

@@ -5,17 +5,33 @@ from __future__ import annotations
 import structlog
 from aiogram import Dispatcher
 from aiogram.types import ErrorEvent
+from aiogram.utils.i18n import I18n
 
 from voicebot import texts
-from voicebot.bot import access, admin, cancel, commands, media, payments
+from voicebot.bot import (
+    access,
+    admin,
+    cancel,
+    commands,
+    groups,
+    language,
+    media,
+    outputs,
+    payments,
+    privacy,
+    settings,
+)
+from voicebot.bot.locale import UserLocale
 from voicebot.jobs import Runtime
 
 log = structlog.get_logger(__name__)
 
 
-def build_dispatcher(runtime: Runtime) -> Dispatcher:
+def build_dispatcher(runtime: Runtime, *, i18n: I18n) -> Dispatcher:
     """A dispatcher with every router; handlers receive `runtime` from workflow data."""
     dispatcher = Dispatcher(runtime=runtime)
+    # Every event type, errors included: handlers and on_error speak the sender's language.
+    UserLocale(i18n).setup(dispatcher)
     # admin before commands: the commands router's catch-all would answer an admin's /stats.
     # access first: with an allowlist, outsiders' updates stop there.
     dispatcher.include_routers(
@@ -24,6 +40,12 @@ def build_dispatcher(runtime: Runtime) -> Dispatcher:
         admin.build_router(),
         payments.build_router(),
         cancel.build_router(),
+        # before commands, whose catch-all answers any other text in private chats
+        privacy.build_router(),
+        groups.build_router(),
+        settings.build_router(),
+        language.build_router(),
+        outputs.build_router(),
         commands.build_router(),
     )
     dispatcher.errors.register(on_error)

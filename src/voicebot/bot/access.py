@@ -25,6 +25,8 @@ def build_router(settings: Settings) -> Router:
 
 async def on_outsider(message: Message, runtime: Runtime) -> None:
     """Say the bot is private, at most once a minute per person; record nothing."""
+    if message.chat.type != "private":
+        return  # in a group, outsiders' messages are only ignored: no line for every member
     sender = message.from_user.id if message.from_user else message.chat.id
     if await may_notify(runtime.limiters, user_id=sender):
         await message.answer(texts.PRIVATE)

@@ -41,16 +41,27 @@ def from_admin(message: Message, runtime: Runtime) -> bool:
     return message.from_user is not None and is_admin(runtime.settings, message.from_user.id)
 
 
-async def set_admin_menus(bot: Bot, settings: Settings, everyone: list[BotCommand]) -> None:
-    """Give each admin, in their own chat only, everyone's commands plus the admin ones."""
+def admin_menu(settings: Settings, everyone: list[BotCommand]) -> list[BotCommand]:
+    """Everyone's commands plus the admin ones, described in the current locale."""
     extra = texts.ADMIN_COMMANDS | (texts.ADMIN_REFUND_COMMAND if settings.stars_packages else {})
-    menu = everyone + [BotCommand(command=name, description=text) for name, text in extra.items()]
+    return everyone + [BotCommand(command=name, description=text) for name, text in extra.items()]
+
+
+async def set_admin_menus(
+    bot: Bot, settings: Settings, menus: dict[str | None, list[BotCommand]]
+) -> None:
+    """Give each admin, in their own chat only, `admin_menu` in each language (None: any other)."""
     for admin_id in settings.admin_ids:
-        try:
-            await bot.set_my_commands(menu, scope=BotCommandScopeChat(chat_id=admin_id))
-        except TelegramBadRequest as error:
-            # "chat not found" until the admin has opened the bot once; the commands still work.
-            log.warning("admin_menu_not_set", admin_id=admin_id, error=error.message)
+        for language_code, menu in menus.items():
+            try:
+                await bot.set_my_commands(
+                    menu, scope=BotCommandScopeChat(chat_id=admin_id), language_code=language_code
+                )
+            except TelegramBadRequest as error:
+                # "chat not found" until the admin has opened the bot once; the commands still
+                # work. The other languages would fail alike.
+                log.warning("admin_menu_not_set", admin_id=admin_id, error=error.message)
+                break
 
 
 async def on_stats(message: Message, runtime: Runtime) -> None:

@@ -13,12 +13,14 @@ from voicebot.status import CANCEL_PREFIX
 
 log = structlog.get_logger(__name__)
 
-ANSWERS = {
-    cancels.Outcome.cancelled: texts.CANCEL_DONE,
-    cancels.Outcome.already_cancelled: texts.CANCEL_DONE,
-    cancels.Outcome.finished: texts.CANCEL_FINISHED,
-    cancels.Outcome.not_allowed: texts.CANCEL_NOT_YOURS,
-}
+
+def answer_to(outcome: cancels.Outcome) -> str:
+    """What a press is told, in the presser's language (so read when answering, not at import)."""
+    if outcome in (cancels.Outcome.cancelled, cancels.Outcome.already_cancelled):
+        return texts.CANCEL_DONE
+    if outcome == cancels.Outcome.finished:
+        return texts.CANCEL_FINISHED
+    return texts.CANCEL_NOT_YOURS
 
 
 def build_router() -> Router:
@@ -44,7 +46,7 @@ async def on_cancel(query: CallbackQuery, runtime: Runtime) -> None:
     )
     try:
         # A refusal is an alert the presser must dismiss; a cancel is a passing note.
-        await query.answer(ANSWERS[outcome], show_alert=outcome != cancels.Outcome.cancelled)
+        await query.answer(answer_to(outcome), show_alert=outcome != cancels.Outcome.cancelled)
     except TelegramAPIError as error:
         # A press delivered again after a crash: its query can no longer be answered.
         log.info("cancel_not_answered", job_id=job_id, error=str(error))

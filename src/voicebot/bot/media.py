@@ -1,4 +1,7 @@
-"""Voice, audio, video notes, videos and audio/video documents become jobs."""
+"""Voice, audio, video notes, videos and audio/video documents become jobs.
+
+In private chats always; in groups by the chat's mode (`groups.transcribes_on_its_own`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ import mimetypes
 from aiogram import F, Router
 from aiogram.types import Message
 
+from voicebot import groups
 from voicebot.intake import Intake, Media
+from voicebot.jobs import Runtime
 
 MEDIA_EXTENSIONS = {
     ".ogg",
@@ -35,19 +40,25 @@ MEDIA_EXTENSIONS = {
 
 
 def build_router() -> Router:
-    """Media handlers for private chats."""
+    """Media handlers for private chats and groups."""
     router = Router(name="media")
-    router.message.filter(F.chat.type == "private")
+    router.message.filter(F.chat.type.in_(groups.GROUP_TYPES | {"private"}))
     router.message.register(
         on_media, F.voice | F.audio | F.video_note | F.video | F.document.func(is_media_document)
     )
     return router
 
 
-async def on_media(message: Message, intake: Intake) -> None:
-    """Accept the message as a job; it is recorded with the rest of its batch."""
+async def on_media(message: Message, intake: Intake, runtime: Runtime) -> None:
+    """Accept the message as a job (in a group, if its mode says so); it is recorded with the
+    rest of its batch."""
     media = media_of(message)
     assert media is not None  # the filter admits only messages that carry media
+    if message.chat.type != "private":
+        async with runtime.sessions() as session:  # one read: the chat's mode and switch
+            found = await groups.group_settings(session, chat_id=message.chat.id)
+        if not groups.transcribes_on_its_own(found, media.kind):
+            return
     intake.accept(message, media)
 
 
