@@ -74,7 +74,7 @@ async def test_grant_sets_the_plan_and_its_expiry(sessions: Sessions) -> None:
         user = await admin.grant_plan(session, user_id=USER, plan=Plan.premium, days=30, now=now)
         await session.commit()
     assert (user.plan, user.plan_expires_at) == (Plan.premium, now + timedelta(days=30))
-    assert texts.granted(user, now, "UTC") == (
+    assert texts.admin.granted(user, now, "UTC") == (
         "User 4004 (Ada @ada) is now on premium until 2026-04-09 12:00 UTC."
     )
     async with sessions() as session:
@@ -98,7 +98,7 @@ async def test_credit_adds_to_the_balance_and_records_a_transaction(sessions: Se
             user = await admin.credit(session, user_id=USER, seconds=seconds)
             await session.commit()
     assert user.balance_seconds == 1890.0
-    assert texts.credited(user, 90.0) == (
+    assert texts.admin.credited(user, 90.0) == (
         "Credited 1.5 min to user 4004 (Ada @ada); balance now 31.5 min."
     )
     async with sessions() as session:
@@ -135,7 +135,7 @@ async def test_ban_unban_and_list(sessions: Sessions) -> None:
     async with sessions() as session:
         user = await admin.set_banned(session, user_id=OTHER, banned=True)
         await session.commit()
-    assert texts.ban_changed(user).startswith("User 4005 (Bob) is banned")
+    assert texts.admin.ban_changed(user).startswith("User 4005 (Bob) is banned")
     # Ada wrote last, so she is listed first.
     await _add_users(sessions, (USER, "Ada", "ada"))
     async with sessions() as session:
@@ -144,7 +144,7 @@ async def test_ban_unban_and_list(sessions: Sessions) -> None:
         assert [u.id for u in await admin.list_users(session, limit=1)] == [USER]
         user = await admin.set_banned(session, user_id=OTHER, banned=False)
         await session.commit()
-    assert texts.ban_changed(user) == "User 4005 (Bob) is no longer banned."
+    assert texts.admin.ban_changed(user) == "User 4005 (Bob) is no longer banned."
     async with sessions() as session:
         assert await admin.list_users(session, banned=True) == []
 
@@ -207,7 +207,7 @@ async def test_stats_count_the_day_in_the_quota_time_zone(sessions: Sessions) ->
         admin.TopUser(USER, "Ada @ada", 1, 100.0),
         admin.TopUser(OTHER, "Bob", 1, 30.0),
     ]
-    assert texts.admin_stats(found, "Europe/Berlin").splitlines() == [
+    assert texts.admin.admin_stats(found, "Europe/Berlin").splitlines() == [
         "Today, since 2026-03-10 00:00 CET",
         "Jobs: 4",
         "Transcribed: 2",

@@ -118,12 +118,14 @@ async def test_modes_settings_topics_and_the_privacy_warning(
 
     # Added as a member with privacy mode on: the intro says how to fix it.
     api.add_bot(group, by=ADMIN)
-    intro = await says(api, group, texts.group_intro())
-    assert texts.privacy_mode(BOT) in (intro.text or "")
+    intro = await says(api, group, texts.groups.group_intro())
+    assert texts.groups.privacy_mode(BOT) in (intro.text or "")
     # Once the bot is an administrator it reads everything: /start no longer warns.
     api.set_member(group, api.bot_id, "administrator")
     api.send_group_text(group, ADMIN, f"/start@{BOT}", thread_id=topic)
-    await api.wait_for(lambda: [m.text for m in said(api, group, "Hi!")][-1] == texts.group_intro())
+    await api.wait_for(
+        lambda: [m.text for m in said(api, group, "Hi!")][-1] == texts.groups.group_intro()
+    )
 
     # Auto (the default): a voice note in the topic is answered there, as a reply to it.
     first = api.send_group_voice(group, MEMBER, notes["another door"], duration=4, thread_id=topic)
@@ -144,12 +146,12 @@ async def test_modes_settings_topics_and_the_privacy_warning(
     assert "Mode: Automatic" in (menu.text or "")
     assert buttons(menu) == ["gs:mode:auto", "gs:mode:command", "gs:mode:off", "gs:files:off"]
     refused = await press(api, MEMBER, group, menu, "gs:mode:command")
-    assert refused == {"text": texts.settings_admins_only(), "show_alert": True}
+    assert refused == {"text": texts.groups.settings_admins_only(), "show_alert": True}
     crafted = await press(api, ADMIN, group, menu, "gs:mode:everything")
-    assert crafted == {"text": texts.settings_button_unknown(), "show_alert": True}
+    assert crafted == {"text": texts.groups.settings_button_unknown(), "show_alert": True}
     assert chat_row(tmp_path, group)[:2] == ("auto", 1)
     assert await press(api, ADMIN, group, menu, "gs:mode:command") == {
-        "text": texts.settings_saved()
+        "text": texts.groups.settings_saved()
     }
     assert chat_row(tmp_path, group)[:2] == ("command", 1)  # committed before the answer
     await api.wait_for(lambda: "Mode: On /transcribe" in (menu.text or ""), 10, "menu edited")
@@ -163,7 +165,7 @@ async def test_modes_settings_topics_and_the_privacy_warning(
     await answered(api, group, second, "not poison")
     api.send_group_text(group, MEMBER, "/transcribe", reply_to=second, thread_id=topic)
     lonely = api.send_group_text(group, MEMBER, "/transcribe", thread_id=topic)
-    await api.wait_for(lambda: text_of(api, group, lonely) == texts.transcribe_usage())
+    await api.wait_for(lambda: text_of(api, group, lonely) == texts.groups.transcribe_usage())
     await polled_again(api)
     assert await finished(tmp_path, group, second) == [(OTHER, "done", None, topic, 0)]
     third = api.send_group_voice(group, MEMBER, notes["testing routine"], duration=3)
@@ -172,9 +174,13 @@ async def test_modes_settings_topics_and_the_privacy_warning(
     assert await finished(tmp_path, group, third) == [(OTHER, "done", None, None, 0)]
 
     # Auto without audio and video files: a file is skipped, a voice note is not.
-    assert await press(api, ADMIN, group, menu, "gs:mode:auto") == {"text": texts.settings_saved()}
+    assert await press(api, ADMIN, group, menu, "gs:mode:auto") == {
+        "text": texts.groups.settings_saved()
+    }
     await api.wait_for(lambda: "gs:files:off" in buttons(menu), 10, "menu edited")
-    assert await press(api, ADMIN, group, menu, "gs:files:off") == {"text": texts.settings_saved()}
+    assert await press(api, ADMIN, group, menu, "gs:files:off") == {
+        "text": texts.groups.settings_saved()
+    }
     assert chat_row(tmp_path, group)[:2] == ("auto", 0)
     document = api.send_group_audio_file(group, MEMBER, notes["another engineer"])
     fourth = api.send_group_voice(group, MEMBER, notes["another engineer"], duration=4)
@@ -183,10 +189,12 @@ async def test_modes_settings_topics_and_the_privacy_warning(
     assert job_of(tmp_path, group, document) == []
 
     # Off: nothing, and /transcribe says why.
-    assert await press(api, ADMIN, group, menu, "gs:mode:off") == {"text": texts.settings_saved()}
+    assert await press(api, ADMIN, group, menu, "gs:mode:off") == {
+        "text": texts.groups.settings_saved()
+    }
     fifth = api.send_group_voice(group, MEMBER, notes["another door"], duration=4)
     asked = api.send_group_text(group, OTHER, "/transcribe", reply_to=fifth)
-    await api.wait_for(lambda: text_of(api, group, asked) == texts.transcription_off())
+    await api.wait_for(lambda: text_of(api, group, asked) == texts.groups.transcription_off())
     await polled_again(api)
     assert job_of(tmp_path, group, fifth) == []
     assert text_of(api, group, fifth) == ""
@@ -208,8 +216,8 @@ async def test_anonymous_admin_migration_and_removal(
     api.can_read_all_group_messages = True
     api.add_bot(old, by=ADMIN)
     api.add_bot(club, by=ADMIN)
-    intro = await says(api, club, texts.group_intro())
-    assert intro.text == texts.group_intro()  # privacy mode off: no warning
+    intro = await says(api, club, texts.groups.group_intro())
+    assert intro.text == texts.groups.group_intro()  # privacy mode off: no warning
 
     # An anonymous administrator writes as the group: the group is the sender (and pays).
     anonymous = api.send_group_voice(old, 0, notes["another door"], duration=4, anonymous=True)
@@ -229,7 +237,9 @@ async def test_anonymous_admin_migration_and_removal(
     # The creator switches the group to command mode; then it becomes a supergroup.
     api.send_group_text(old, ADMIN, "/settings")
     menu = await says(api, old, "Settings of this chat")
-    assert await press(api, ADMIN, old, menu, "gs:mode:command") == {"text": texts.settings_saved()}
+    assert await press(api, ADMIN, old, menu, "gs:mode:command") == {
+        "text": texts.groups.settings_saved()
+    }
     api.migrate(old, new, by=ADMIN)
     api.remove_bot(club, by=ADMIN)
     await api.wait_for(

@@ -181,7 +181,7 @@ def english() -> Iterator[None]:
 @pytest.mark.usefixtures("russian")
 def test_russian_plurals() -> None:
     """1 минута, 2 минуты, 5 минут, 11 минут, 21 минута; записи and символы alike."""
-    titles = [texts.invoice_title(n) for n in (1, 2, 5, 11, 21, 22, 111)]
+    titles = [texts.payments.invoice_title(n) for n in (1, 2, 5, 11, 21, 22, 111)]
     assert titles == [
         "1 минута распознавания",
         "2 минуты распознавания",
@@ -203,7 +203,7 @@ def test_russian_plurals() -> None:
 @pytest.mark.usefixtures("english")
 def test_english_plurals() -> None:
     """The English forms from the same calls."""
-    assert [texts.invoice_title(n) for n in (1, 2)] == [
+    assert [texts.payments.invoice_title(n) for n in (1, 2)] == [
         "1 minute of transcription",
         "2 minutes of transcription",
     ]
@@ -220,18 +220,18 @@ def test_russian_numbers_and_durations() -> None:
         "2 ч 03 мин",
         "0 с",
     ]
-    assert texts.minutes(30) == "0,5 мин"
-    assert texts.minutes(1800) == "30 мин"
+    assert texts.admin.minutes(30) == "0,5 мин"
+    assert texts.admin.minutes(1800) == "30 мин"
     assert texts.queued(3, 1) == "В очереди, место 3"
     assert texts.progress(0.456, 75) == "Распознаю… 45\xa0% (прошло 1:15)"
-    assert texts.package_button(1000, 50) == "1\xa0000 мин за 50 ⭐"
+    assert texts.payments.package_button(1000, 50) == "1\xa0000 мин за 50 ⭐"
 
 
 @pytest.mark.usefixtures("english")
 def test_english_numbers_and_durations() -> None:
     """The English forms, unchanged from before the catalogs."""
     assert [texts.duration(s) for s in (42, 65, 7380)] == ["42 s", "1 min 05 s", "2 h 03 min"]
-    assert texts.minutes(30) == "0.5 min"
+    assert texts.admin.minutes(30) == "0.5 min"
     assert texts.progress(0.456, 75) == "Transcribing… 45% (1:15 elapsed)"
 
 

@@ -141,7 +141,7 @@ async def test_restricting_detection_fixes_a_short_clip_the_model_misdetects(
 
         command = api.send_text(USER, "/language de ru")
         reply = await replied(api, USER, command)
-        assert reply.text == texts.language_set("Detect among: Deutsch (de), Русский (ru)")
+        assert reply.text == texts.outputs.language_set("Detect among: Deutsch (de), Русский (ru)")
         assert rows(tmp_path, f"SELECT language FROM chats WHERE id = {USER}") == [("auto:de,ru",)]
 
         second = api.send_voice(USER, short_german, duration=3)
@@ -172,11 +172,13 @@ async def test_the_keyboard_sets_the_language_and_bad_input_gets_one_line(
         menu = await answered_with(api, USER, 0)
         assert "Default of this bot: Detect automatically" in (menu.text or "")
         assert buttons(menu)[:4] == ["lang:auto", "lang:en", "lang:ru", "lang:de"]
-        assert labels(menu)[0] == "✓ " + texts.language_auto()
+        assert labels(menu)[0] == "✓ " + texts.outputs.language_auto()
         assert {"Deutsch", "Español", "Русский"} <= set(labels(menu))
 
         pressed = api.press_button(USER, menu.message_id, "lang:es")
-        assert await query_answer(api, pressed) == {"text": texts.language_set("Español (es)")}
+        assert await query_answer(api, pressed) == {
+            "text": texts.outputs.language_set("Español (es)")
+        }
         assert rows(tmp_path, f"SELECT language FROM chats WHERE id = {USER}") == [("es",)]
         await api.wait_for(lambda: "✓ Español" in labels(menu), 10, "the tick moved")
         assert "Recognition language: Español (es)" in (menu.text or "")
@@ -184,10 +186,10 @@ async def test_the_keyboard_sets_the_language_and_bad_input_gets_one_line(
         crafted = api.press_button(USER, menu.message_id, "lang:zz", stale=True)
         assert (await query_answer(api, crafted))["show_alert"] is True
         for typed, line in (
-            ("/language xx", texts.language_unknown("xx")),
-            ("/language en,", texts.language_set("English (en)")),
-            ("/language ,", texts.language_usage(10)),
-            ("/language uk", texts.language_set("Українська (uk)")),
+            ("/language xx", texts.outputs.language_unknown("xx")),
+            ("/language en,", texts.outputs.language_set("English (en)")),
+            ("/language ,", texts.outputs.language_usage(10)),
+            ("/language uk", texts.outputs.language_set("Українська (uk)")),
         ):
             last = api.send_text(USER, typed)
             assert (await replied(api, USER, last)).text == line, typed

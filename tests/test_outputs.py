@@ -102,7 +102,7 @@ async def test_output_buttons_render_the_stored_transcript_and_translate_it(
         # SRT and VTT: files replying to the transcript, parsed by their own libraries.
         for action, count in (("srt", 1), ("vtt", 2), ("ts", 3)):
             pressed = api.press_button(USER, transcript.message_id, f"out:{job}:{action}")
-            assert await query_answer(api, pressed) == {"text": texts.output_sent()}
+            assert await query_answer(api, pressed) == {"text": texts.outputs.output_sent()}
             await new_replies(api, USER, transcript.message_id, count)
         subtitles, captions, marked = replies(api, USER, transcript.message_id)
         assert subtitles.document is not None
@@ -131,12 +131,12 @@ async def test_output_buttons_render_the_stored_transcript_and_translate_it(
         # Translate: a job of its own, accepted once however often pressed.
         first = api.press_button(USER, transcript.message_id, f"out:{job}:tr")
         assert await query_answer(api, first) == {
-            "text": texts.translation_started(),
+            "text": texts.outputs.translation_started(),
             "show_alert": False,
         }
         again = api.press_button(USER, transcript.message_id, f"out:{job}:tr")
         assert await query_answer(api, again) == {
-            "text": texts.translation_pending(),
+            "text": texts.outputs.translation_pending(),
             "show_alert": False,
         }
         translation = await delivered(api, tmp_path, USER, transcript.message_id)
@@ -202,7 +202,10 @@ async def test_crafted_and_stale_presses_get_an_alert_and_nothing_else(
         for pressed in presses:
             answer = await query_answer(api, pressed)
             assert answer["show_alert"] is True
-            assert answer["text"] in (texts.output_not_here(), texts.output_already_english())
+            assert answer["text"] in (
+                texts.outputs.output_not_here(),
+                texts.outputs.output_already_english(),
+            )
         assert len(api.calls_of("sendDocument")) + len(api.calls_of("sendMessage")) == before
         assert rows(tmp_path, "SELECT count(*) FROM jobs") == [(2,)]
 
@@ -210,7 +213,10 @@ async def test_crafted_and_stale_presses_get_an_alert_and_nothing_else(
         with closing(sqlite3.connect(tmp_path / "data" / "voicebot.db")) as db, db:
             db.execute(f"UPDATE jobs SET transcript_id = NULL WHERE id = {job}")
         gone = api.press_button(USER, transcript.message_id, f"out:{job}:srt")
-        assert await query_answer(api, gone) == {"text": texts.output_gone(), "show_alert": True}
+        assert await query_answer(api, gone) == {
+            "text": texts.outputs.output_gone(),
+            "show_alert": True,
+        }
         assert len(api.calls_of("sendDocument")) == 0
     finally:
         await bot.stop()
@@ -226,12 +232,12 @@ async def test_format_sets_the_default_output_of_a_private_chat(
     try:
         command = api.send_text(USER, "/format srt")
         await api.wait_for(lambda: bool(replies(api, USER, command)), 20, "the /format reply")
-        assert replies(api, USER, command)[0].text == texts.format_set("srt")
+        assert replies(api, USER, command)[0].text == texts.outputs.format_set("srt")
         assert rows(tmp_path, f"SELECT output_format FROM users WHERE id = {USER}") == [("srt",)]
 
         sent = api.send_voice(USER, english, duration=4)
         status = await delivered(api, tmp_path, USER, sent)
-        assert status.text == texts.srt_attached()
+        assert status.text == texts.outputs.srt_attached()
         (document,) = [m for m in replies(api, USER, sent) if m.document is not None]
         assert document.document is not None
         assert document.document.filename == f"transcript-{sent}.srt"
@@ -248,7 +254,7 @@ async def test_format_sets_the_default_output_of_a_private_chat(
         (menu,) = menus()
         assert "SRT subtitles file" in (menu.text or "")
         pressed = api.press_button(USER, menu.message_id, "fmt:timestamps")
-        assert await query_answer(api, pressed) == {"text": texts.format_set("timestamps")}
+        assert await query_answer(api, pressed) == {"text": texts.outputs.format_set("timestamps")}
         found = rows(tmp_path, f"SELECT output_format FROM users WHERE id = {USER}")
         assert found == [("timestamps",)]
 
@@ -258,7 +264,7 @@ async def test_format_sets_the_default_output_of_a_private_chat(
 
         bad = api.send_text(USER, "/format pdf")
         await api.wait_for(lambda: bool(replies(api, USER, bad)), 20, "the usage line")
-        assert replies(api, USER, bad)[0].text == texts.format_usage()
+        assert replies(api, USER, bad)[0].text == texts.outputs.format_usage()
         assert menu_command < bad
     finally:
         await bot.stop()

@@ -338,7 +338,7 @@ async def test_payment_is_credited_once(api: FakeBotAPI, bot: BotProcess) -> Non
     payload = payments.make_payload(settings(), package=payments.Package(30, 50), user_id=USER)
     paid = api.pay(USER, payload=payload, total_amount=50, charge_id="stxCHARGE1")
     thanks = await reply(api, USER, paid)
-    assert thanks.text == texts.purchased(30, 1800, "stxCHARGE1")
+    assert thanks.text == texts.payments.purchased(30, 1800, "stxCHARGE1")
     assert balance_in(bot) == 1800
 
     api.redeliver(USER, paid)
@@ -346,7 +346,7 @@ async def test_payment_is_credited_once(api: FakeBotAPI, bot: BotProcess) -> Non
     await reply(api, USER, again)
     await api.wait_for(lambda: len(api.messages(USER)) == 3, 15, "three answers")
     assert [m.text for m in api.messages(USER)[1:]] == [
-        texts.already_credited(1800, "stxCHARGE1")
+        texts.payments.already_credited(1800, "stxCHARGE1")
     ] * 2
     assert balance_in(bot) == 1800
     rows = query(
@@ -375,23 +375,25 @@ async def test_refund(api: FakeBotAPI, bot: BotProcess, client: Bot) -> None:
 
     before = len(api.messages(USER))
     text = await command(api, ADMIN, "/refund stxA")
-    assert text == texts.refunded("stxA", USER, 50, 1800, 1800)
+    assert text == texts.payments.refunded("stxA", USER, 50, 1800, 1800)
     assert api.refunded("stxA")
     assert balance_in(bot) == 1800
     await api.wait_for(lambda: len(api.messages(USER)) > before, 15, "the user told")
-    assert api.messages(USER)[-1].text == texts.refund_told(50, 1800, 1800)
+    assert api.messages(USER)[-1].text == texts.payments.refund_told(50, 1800, 1800)
     assert await command(api, ADMIN, "/refund stxA") == str(AlreadyRefundedError("stxA"))
     assert len(api.calls_of("refundStarPayment")) == 1
 
     # Telegram refuses: nothing is recorded or debited.
     api.fail_next("refundStarPayment", status=400, description="Bad Request: CHARGE_NOT_FOUND")
     text = await command(api, ADMIN, "/refund stxB")
-    assert text == texts.refund_refused("stxB", "Bad Request: CHARGE_NOT_FOUND")
+    assert text == texts.payments.refund_refused("stxB", "Bad Request: CHARGE_NOT_FOUND")
     assert balance_in(bot) == 1800
     # Refunded at Telegram but not recorded (as when the bot died between the two): /refund
     # again takes Telegram's "already refunded" as done and records it.
     assert await client.refund_star_payment(USER, "stxB")
-    assert await command(api, ADMIN, "/refund stxB") == texts.refunded("stxB", USER, 50, 1800, 0)
+    assert await command(api, ADMIN, "/refund stxB") == texts.payments.refunded(
+        "stxB", USER, 50, 1800, 0
+    )
     assert balance_in(bot) == 0
     rows = query(
         database(bot),
@@ -458,7 +460,7 @@ async def test_refund_after_spending(
         left = 60 - from_balance
         assert balance_in(process) == pytest.approx(left)
         text = await command(api, ADMIN, "/refund stxSPENT")
-        assert text == texts.refunded("stxSPENT", USER, 5, left, 0)
+        assert text == texts.payments.refunded("stxSPENT", USER, 5, left, 0)
         assert balance_in(process) == 0
         refunds = query(database(process), "SELECT seconds FROM transactions WHERE kind='refund'")
         assert refunds == [(pytest.approx(-left),)]

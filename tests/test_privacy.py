@@ -279,12 +279,12 @@ async def test_privacy_and_forget_leave_no_text_keep_usage_and_the_cache_misses(
 
     api.send_text(USER, "/privacy")
     shown = await bot_says(api, USER, "What I store about you")
-    assert shown.text == texts.privacy(kept_days=7, serving_days=7, retention_days=30)
+    assert shown.text == texts.privacy.summary(kept_days=7, serving_days=7, retention_days=30)
     assert "Audio is never stored" in shown.text
     assert "kept for 7 days, then deleted" in shown.text
 
     api.send_text(USER, "/forget")
-    question = await bot_says(api, USER, texts.forget_confirm())
+    question = await bot_says(api, USER, texts.privacy.forget_confirm())
     assert question.reply_markup is not None
     yes, no = (b["callback_data"] for b in question.reply_markup["inline_keyboard"][0])
     assert (yes, no) == (f"forget:yes:{USER}", f"forget:no:{USER}")
@@ -294,14 +294,14 @@ async def test_privacy_and_forget_leave_no_text_keep_usage_and_the_cache_misses(
     await api.wait_for(lambda: api.query_answer(crafted) is not None, 20, "the crafted press")
     refused = api.query_answer(crafted)
     assert refused is not None
-    assert refused.params == {"text": texts.forget_not_yours(), "show_alert": True}
+    assert refused.params == {"text": texts.privacy.forget_not_yours(), "show_alert": True}
     assert rows(tmp_path, "SELECT count(*) FROM transcripts") == [(1,)]
 
     pressed = api.press_button(USER, question.message_id, yes)
     await api.wait_for(lambda: api.query_answer(pressed) is not None, 20, "the confirmation")
     # Already committed when the press is answered.
     assert rows(tmp_path, "SELECT count(*) FROM transcripts") == [(0,)]
-    await bot_says(api, USER, texts.forget_done(1))
+    await bot_says(api, USER, texts.privacy.forget_done(1))
 
     left = [
         (table, column, value)

@@ -203,10 +203,10 @@ def users_list(
         table.add_row(
             str(user.id),
             Text(texts.display_name(user.first_name, user.username)),  # names are not markup
-            texts.plan_of(user, now, zone),
-            texts.minutes(user.balance_seconds),
+            texts.admin.plan_of(user, now, zone),
+            texts.admin.minutes(user.balance_seconds),
             "yes" if user.banned else "",
-            texts.when(user.last_seen_at, zone),
+            texts.admin.when(user.last_seen_at, zone),
         )
     out.print(table)
 
@@ -237,7 +237,7 @@ def users_grant(
         return admin.grant_plan(session, user_id=user_id, plan=plan, days=days, now=now)
 
     user = _in_session(settings, work)
-    _say(texts.granted(user, now, settings.quota_timezone))
+    _say(texts.admin.granted(user, now, settings.quota_timezone))
 
 
 @users.command("credit")
@@ -258,7 +258,7 @@ def users_credit(
     user = _in_session(
         _settings(), lambda session: admin.credit(session, user_id=user_id, seconds=seconds)
     )
-    _say(texts.credited(user, seconds))
+    _say(texts.admin.credited(user, seconds))
 
 
 @users.command("ban")
@@ -267,7 +267,7 @@ def users_ban(user_id: UserId) -> None:
     user = _in_session(
         _settings(), lambda session: admin.set_banned(session, user_id=user_id, banned=True)
     )
-    _say(texts.ban_changed(user))
+    _say(texts.admin.ban_changed(user))
 
 
 @users.command("unban")
@@ -276,7 +276,7 @@ def users_unban(user_id: UserId) -> None:
     user = _in_session(
         _settings(), lambda session: admin.set_banned(session, user_id=user_id, banned=False)
     )
-    _say(texts.ban_changed(user))
+    _say(texts.admin.ban_changed(user))
 
 
 @app.command()
@@ -285,4 +285,4 @@ def stats() -> None:
     settings = _settings()
     since = day_start(utcnow(), settings.quota_timezone)
     found = _in_session(settings, lambda session: admin.stats(session, since=since))
-    _say(texts.admin_stats(found, settings.quota_timezone))
+    _say(texts.admin.admin_stats(found, settings.quota_timezone))

@@ -1,7 +1,7 @@
 """The interface's languages: gettext catalogs (`locales/*/LC_MESSAGES/messages.po`).
 
 Every user-facing string is written as `_("…")` or `ngettext("…", "…", n)` from here (in
-`texts.py`), translated in the locale of the current context: aiogram's i18n middleware sets it
+`texts/`), translated in the locale of the current context: aiogram's i18n middleware sets it
 per update, and a job's work runs under `I18n.use_locale(job.locale)`. The .po files are
 compiled in memory when the catalogs load, so there is no build step and no stale .mo file.
 """

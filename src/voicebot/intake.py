@@ -333,7 +333,9 @@ async def _store_translations(
             locale = locale_for(user.ui_language, user.language_code)
             with use_locale(locale):  # the presser is answered in their language
                 if key in seen:
-                    answers.append(PressAnswer(asked.query, texts.translation_pending(), False))
+                    answers.append(
+                        PressAnswer(asked.query, texts.outputs.translation_pending(), False)
+                    )
                     continue
                 admission = await admit(
                     session,
@@ -371,11 +373,13 @@ async def _store_translations(
                     source_job_id=source.id,
                 )
                 if job_id is None:  # asked for by a press recorded meanwhile
-                    answers.append(PressAnswer(asked.query, texts.translation_pending(), False))
+                    answers.append(
+                        PressAnswer(asked.query, texts.outputs.translation_pending(), False)
+                    )
                     continue
                 job_ids.append(job_id)
                 counts.add(user.id)
-                answers.append(PressAnswer(asked.query, texts.translation_started(), False))
+                answers.append(PressAnswer(asked.query, texts.outputs.translation_started(), False))
         await session.commit()
     if job_ids:
         log.info("translations_accepted", job_ids=job_ids)

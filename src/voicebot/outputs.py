@@ -77,17 +77,20 @@ def keyboard(job: Job, transcript: Transcript) -> InlineKeyboardMarkup:
     button = InlineKeyboardButton
     formats = [
         button(
-            text=texts.button_timestamps(), callback_data=callback_data(job.id, Action.timestamps)
+            text=texts.outputs.button_timestamps(),
+            callback_data=callback_data(job.id, Action.timestamps),
         ),
         button(text="SRT", callback_data=callback_data(job.id, Action.srt)),
         button(text="VTT", callback_data=callback_data(job.id, Action.vtt)),
     ]
     more = [
-        button(text=texts.button_details(), callback_data=callback_data(job.id, Action.details))
+        button(
+            text=texts.outputs.button_details(), callback_data=callback_data(job.id, Action.details)
+        )
     ]
     if translatable(job, transcript):
         translate = callback_data(job.id, Action.translation)
-        more.insert(0, button(text=texts.button_translate(), callback_data=translate))
+        more.insert(0, button(text=texts.outputs.button_translate(), callback_data=translate))
     return InlineKeyboardMarkup(inline_keyboard=[formats, more])
 
 
@@ -139,7 +142,7 @@ class Answer:
 def answer(transcript: Transcript, *, output: str, stem: str, file_chars: int) -> Answer:
     """The transcript as the job's output (text, timestamps or srt) asks; long text as a file."""
     if output == "srt":
-        return Answer([texts.srt_attached()], subtitles(transcript, Format.srt, stem=stem))
+        return Answer([texts.outputs.srt_attached()], subtitles(transcript, Format.srt, stem=stem))
     text = timestamps(transcript) if output == "timestamps" else transcript.text
     return long_text(text, stem=stem, file_chars=file_chars)
 
@@ -174,13 +177,17 @@ async def find_pressed(
     chat; otherwise the one line the presser is told (as an alert)."""
     job = await session.get(Job, job_id)
     if job is None or job.chat_id != chat_id or job.status_message_id != message_id:
-        return texts.output_not_here()
+        return texts.outputs.output_not_here()
     if job.transcript_id is None:
         # Deleted by /forget or retention (the job keeps its row), or not transcribed yet.
-        return texts.output_gone() if job.status == JobStatus.done else texts.output_not_here()
+        return (
+            texts.outputs.output_gone()
+            if job.status == JobStatus.done
+            else texts.outputs.output_not_here()
+        )
     transcript = await session.get(Transcript, job.transcript_id)
     if transcript is None:
-        return texts.output_gone()
+        return texts.outputs.output_gone()
     usage = (
         await session.execute(
             select(Usage.processing_seconds, Usage.cached).where(Usage.job_id == job.id)
@@ -193,7 +200,7 @@ async def find_pressed(
 def details(pressed: Pressed) -> str:
     """The Details alert: language and its probability, length, processing time."""
     transcript = pressed.transcript
-    return texts.details(
+    return texts.outputs.details(
         language=name(transcript.language),
         probability=transcript.language_probability,
         seconds=transcript.duration,

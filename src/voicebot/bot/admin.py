@@ -69,7 +69,7 @@ async def on_stats(message: Message, runtime: Runtime) -> None:
     zone = runtime.settings.quota_timezone
     async with runtime.sessions() as session:
         found = await admin.stats(session, since=day_start(utcnow(), zone))
-    await message.answer(texts.admin_stats(found, zone))
+    await message.answer(texts.admin.admin_stats(found, zone))
 
 
 async def on_grant(message: Message, command: CommandObject, runtime: Runtime) -> None:
@@ -88,7 +88,7 @@ async def on_grant(message: Message, command: CommandObject, runtime: Runtime) -
     async def change(session: AsyncSession) -> User:
         return await admin.grant_plan(session, user_id=user_id, plan=Plan(plan), days=days, now=now)
 
-    await _apply(message, runtime, change, lambda user: texts.granted(user, now, zone))
+    await _apply(message, runtime, change, lambda user: texts.admin.granted(user, now, zone))
 
 
 async def on_credit(message: Message, command: CommandObject, runtime: Runtime) -> None:
@@ -104,7 +104,7 @@ async def on_credit(message: Message, command: CommandObject, runtime: Runtime) 
     async def change(session: AsyncSession) -> User:
         return await admin.credit(session, user_id=user_id, seconds=seconds)
 
-    await _apply(message, runtime, change, lambda user: texts.credited(user, seconds))
+    await _apply(message, runtime, change, lambda user: texts.admin.credited(user, seconds))
 
 
 async def on_ban(message: Message, command: CommandObject, runtime: Runtime) -> None:
@@ -119,7 +119,7 @@ async def on_ban(message: Message, command: CommandObject, runtime: Runtime) -> 
     async def change(session: AsyncSession) -> User:
         return await admin.set_banned(session, user_id=user_id, banned=banned)
 
-    await _apply(message, runtime, change, texts.ban_changed)
+    await _apply(message, runtime, change, texts.admin.ban_changed)
 
 
 async def _apply(

@@ -70,7 +70,7 @@ async def on_start(message: Message, bot: Bot) -> None:
 
 async def on_help(message: Message) -> None:
     """Explain what the bot does in a group."""
-    await message.answer(texts.group_intro())
+    await message.answer(texts.groups.group_intro())
 
 
 async def _intro(bot: Bot, *, chat_id: int, status: str | None = None) -> str:
@@ -80,11 +80,11 @@ async def _intro(bot: Bot, *, chat_id: int, status: str | None = None) -> str:
     # An administrator gets every message; otherwise privacy mode (getMe, asked afresh each
     # time: the owner may have changed it in @BotFather) decides.
     if status in ADMIN_STATUSES:
-        return texts.group_intro()
+        return texts.groups.group_intro()
     me = await bot.get_me()
     if me.can_read_all_group_messages:
-        return texts.group_intro()
-    return texts.group_intro() + "\n\n" + texts.privacy_mode(me.username or "")
+        return texts.groups.group_intro()
+    return texts.groups.group_intro() + "\n\n" + texts.groups.privacy_mode(me.username or "")
 
 
 async def on_transcribe(message: Message, intake: Intake, runtime: Runtime) -> None:
@@ -103,13 +103,13 @@ async def _request(message: Message, intake: Intake, runtime: Runtime, *, explai
     media = media_of(replied) if replied is not None else None
     if replied is None or media is None:
         if explain:
-            await message.reply(texts.transcribe_usage())
+            await message.reply(texts.groups.transcribe_usage())
         return
     async with runtime.sessions() as session:
         found = await groups.group_settings(session, chat_id=message.chat.id)
     if found.mode == ChatMode.off:
         if explain:
-            await message.reply(texts.transcription_off())
+            await message.reply(texts.groups.transcription_off())
         return
     intake.accept(as_requested(replied, by=message), media)
 

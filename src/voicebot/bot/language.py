@@ -45,7 +45,7 @@ async def on_language(message: Message, command: CommandObject, runtime: Runtime
     if not (command.args or "").strip():
         current = await _current(runtime, chat.id)
         await message.answer(
-            texts.language_menu(describe(current, settings), group=chat.type != "private"),
+            texts.outputs.language_menu(describe(current, settings), group=chat.type != "private"),
             reply_markup=keyboard(languages.effective(current, settings)),
         )
         return
@@ -54,14 +54,16 @@ async def on_language(message: Message, command: CommandObject, runtime: Runtime
     except languages.BadLanguageError as error:
         bad = error.code
         await message.reply(
-            texts.language_unknown(bad) if bad else texts.language_usage(languages.MAX_CHOICES)
+            texts.outputs.language_unknown(bad)
+            if bad
+            else texts.outputs.language_usage(languages.MAX_CHOICES)
         )
         return
     if not await _may_change(runtime, message.bot, chat, message.from_user, message.sender_chat):
-        await message.reply(texts.language_admins_only())
+        await message.reply(texts.outputs.language_admins_only())
         return
     await _store(runtime, chat, setting)
-    await message.reply(texts.language_set(describe(setting, settings)))
+    await message.reply(texts.outputs.language_set(describe(setting, settings)))
 
 
 async def on_choice(query: CallbackQuery, runtime: Runtime) -> None:
@@ -69,11 +71,11 @@ async def on_choice(query: CallbackQuery, runtime: Runtime) -> None:
     setting = (query.data or "").removeprefix(LANGUAGE_PREFIX)
     message = query.message
     if message is None or not languages.is_setting(setting):
-        await query.answer(texts.language_usage(languages.MAX_CHOICES), show_alert=True)
+        await query.answer(texts.outputs.language_usage(languages.MAX_CHOICES), show_alert=True)
         return
     chat = message.chat
     if not await _may_change(runtime, query.bot, chat, query.from_user, None):
-        await query.answer(texts.language_admins_only(), show_alert=True)
+        await query.answer(texts.outputs.language_admins_only(), show_alert=True)
         return
     await _store(runtime, chat, setting)
     described = describe(setting, runtime.settings)
@@ -82,10 +84,10 @@ async def on_choice(query: CallbackQuery, runtime: Runtime) -> None:
             query.bot,
             chat_id=chat.id,
             message_id=message.message_id,
-            text=texts.language_menu(described, group=chat.type != "private"),
+            text=texts.outputs.language_menu(described, group=chat.type != "private"),
             reply_markup=keyboard(setting),
         )
-    await query.answer(texts.language_set(described))
+    await query.answer(texts.outputs.language_set(described))
 
 
 async def _may_change(
@@ -114,13 +116,17 @@ async def _store(runtime: Runtime, chat: Chat, setting: str) -> None:
 def describe(setting: str | None, settings: Settings) -> str:
     """A setting for people: "Detect automatically", "Deutsch (de)", "Detect among: …"."""
     if setting is None:
-        return texts.language_default(describe(languages.default_setting(settings), settings))
+        return texts.outputs.language_default(
+            describe(languages.default_setting(settings), settings)
+        )
     wanted = languages.for_engine(setting)
     if wanted.language is not None:
         return languages.name(wanted.language)
     if wanted.allowed:
-        return texts.language_among(", ".join(languages.name(code) for code in wanted.allowed))
-    return texts.language_auto()
+        return texts.outputs.language_among(
+            ", ".join(languages.name(code) for code in wanted.allowed)
+        )
+    return texts.outputs.language_auto()
 
 
 def keyboard(current: str) -> InlineKeyboardMarkup:
@@ -131,6 +137,6 @@ def keyboard(current: str) -> InlineKeyboardMarkup:
         return InlineKeyboardButton(text=tick + label, callback_data=LANGUAGE_PREFIX + setting)
 
     codes = [button(languages.NAMES[code], code) for code in languages.POPULAR]
-    rows = [[button(texts.language_auto(), languages.AUTO)]]
+    rows = [[button(texts.outputs.language_auto(), languages.AUTO)]]
     rows += [codes[start : start + _PER_ROW] for start in range(0, len(codes), _PER_ROW)]
     return InlineKeyboardMarkup(inline_keyboard=rows)

@@ -31,7 +31,7 @@ async def on_output(query: CallbackQuery, runtime: Runtime, intake: Intake) -> N
     """Serve an output button pressed on its own transcript message; refuse anything else."""
     parsed, message = outputs.parse(query.data), query.message
     if parsed is None or message is None:
-        await query.answer(texts.output_not_here(), show_alert=True)
+        await query.answer(texts.outputs.output_not_here(), show_alert=True)
         return
     job_id, action = parsed
     async with runtime.sessions() as session:
@@ -45,7 +45,7 @@ async def on_output(query: CallbackQuery, runtime: Runtime, intake: Intake) -> N
         await query.answer(outputs.clamp(outputs.details(found)), show_alert=True)
     elif action == outputs.Action.translation:
         if not outputs.translatable(found.job, found.transcript):
-            await query.answer(texts.output_already_english(), show_alert=True)
+            await query.answer(texts.outputs.output_already_english(), show_alert=True)
             return
         transcript = found.transcript
         # A job of its own: recorded with the batch, and the press answered after that.
@@ -57,13 +57,13 @@ async def on_output(query: CallbackQuery, runtime: Runtime, intake: Intake) -> N
         await outputs.send(
             query.bot, found, action, file_chars=runtime.settings.transcript_file_chars
         )
-        await query.answer(texts.output_sent())
+        await query.answer(texts.outputs.output_sent())
 
 
 async def on_format(message: Message, command: CommandObject, runtime: Runtime) -> None:
     """/format: show the default output with its buttons, or set the one typed after it."""
     if message.chat.type != "private" or message.from_user is None:
-        await message.reply(texts.format_private_only())
+        await message.reply(texts.outputs.format_private_only())
         return
     wanted = (command.args or "").strip().lower()
     if not wanted:
@@ -71,14 +71,15 @@ async def on_format(message: Message, command: CommandObject, runtime: Runtime) 
             user = await session.get(User, message.from_user.id)
         current = user.output_format if user is not None else "text"
         await message.answer(
-            texts.format_menu(texts.format_name(current)), reply_markup=keyboard(current)
+            texts.outputs.format_menu(texts.outputs.format_name(current)),
+            reply_markup=keyboard(current),
         )
         return
     if wanted not in FORMATS:
-        await message.reply(texts.format_usage())
+        await message.reply(texts.outputs.format_usage())
         return
     await _store(runtime, message, wanted)
-    await message.reply(texts.format_set(wanted))
+    await message.reply(texts.outputs.format_set(wanted))
 
 
 async def on_format_choice(query: CallbackQuery, runtime: Runtime) -> None:
@@ -86,7 +87,7 @@ async def on_format_choice(query: CallbackQuery, runtime: Runtime) -> None:
     wanted = (query.data or "").removeprefix(FORMAT_PREFIX)
     message = query.message
     if wanted not in FORMATS or not isinstance(message, Message) or message.chat.type != "private":
-        await query.answer(texts.format_usage(), show_alert=True)
+        await query.answer(texts.outputs.format_usage(), show_alert=True)
         return
     await _store(runtime, message, wanted, presser=query)
     if query.bot is not None:
@@ -94,10 +95,10 @@ async def on_format_choice(query: CallbackQuery, runtime: Runtime) -> None:
             query.bot,
             chat_id=message.chat.id,
             message_id=message.message_id,
-            text=texts.format_menu(texts.format_name(wanted)),
+            text=texts.outputs.format_menu(texts.outputs.format_name(wanted)),
             reply_markup=keyboard(wanted),
         )
-    await query.answer(texts.format_set(wanted))
+    await query.answer(texts.outputs.format_set(wanted))
 
 
 async def _store(
@@ -124,7 +125,7 @@ def keyboard(current: str) -> InlineKeyboardMarkup:
     rows = [
         [
             InlineKeyboardButton(
-                text=("✓ " if output == current else "") + texts.format_name(output),
+                text=("✓ " if output == current else "") + texts.outputs.format_name(output),
                 callback_data=FORMAT_PREFIX + output,
             )
         ]

@@ -54,7 +54,7 @@ async def on_buy(message: Message, runtime: Runtime) -> None:
     buttons = [
         [
             InlineKeyboardButton(
-                text=texts.package_button(package.minutes, package.stars),
+                text=texts.payments.package_button(package.minutes, package.stars),
                 callback_data=f"{BUTTON_PREFIX}{package.minutes}:{package.stars}",
             )
         ]
@@ -77,11 +77,15 @@ async def on_package(query: CallbackQuery, runtime: Runtime) -> None:
     try:
         await runtime.bot.send_invoice(
             chat_id,
-            title=texts.invoice_title(package.minutes),
-            description=texts.invoice_description(package.minutes),
+            title=texts.payments.invoice_title(package.minutes),
+            description=texts.payments.invoice_description(package.minutes),
             payload=payments.make_payload(runtime.settings, package=package, user_id=user_id),
             currency=payments.CURRENCY,
-            prices=[LabeledPrice(label=texts.invoice_title(package.minutes), amount=package.stars)],
+            prices=[
+                LabeledPrice(
+                    label=texts.payments.invoice_title(package.minutes), amount=package.stars
+                )
+            ],
         )
     except TelegramAPIError as error:
         log.warning("invoice_not_sent", user_id=user_id, error=str(error))
@@ -133,9 +137,9 @@ async def on_paid(message: Message, runtime: Runtime) -> None:
         await session.commit()
     log.info("payment_credited", user_id=user_id, charge_id=charge_id, new=credited)
     if credited:
-        await message.answer(texts.purchased(order.package.minutes, balance, charge_id))
+        await message.answer(texts.payments.purchased(order.package.minutes, balance, charge_id))
     else:
-        await message.answer(texts.already_credited(balance, charge_id))
+        await message.answer(texts.payments.already_credited(balance, charge_id))
 
 
 async def on_paysupport(message: Message) -> None:
@@ -156,11 +160,13 @@ async def on_refund(message: Message, command: CommandObject, runtime: Runtime) 
         await message.answer(str(error))
         return
     await message.answer(
-        texts.refunded(charge_id, done.user_id, done.stars, done.seconds, done.balance_seconds)
+        texts.payments.refunded(
+            charge_id, done.user_id, done.stars, done.seconds, done.balance_seconds
+        )
     )
     try:
         await runtime.bot.send_message(
-            done.user_id, texts.refund_told(done.stars, done.seconds, done.balance_seconds)
+            done.user_id, texts.payments.refund_told(done.stars, done.seconds, done.balance_seconds)
         )
     except TelegramAPIError as error:
         log.warning("refund_not_told", user_id=done.user_id, error=str(error))
@@ -187,7 +193,9 @@ async def refund_charge(runtime: Runtime, *, charge_id: str) -> payments.Refund:
         await runtime.bot.refund_star_payment(purchase.user_id, charge_id)
     except TelegramBadRequest as error:
         if ALREADY_REFUNDED not in error.message:
-            raise RefundRefusedError(texts.refund_refused(charge_id, error.message)) from error
+            raise RefundRefusedError(
+                texts.payments.refund_refused(charge_id, error.message)
+            ) from error
         log.warning("refund_completed_late", charge_id=charge_id)
     async with runtime.sessions() as session:
         done = await payments.refund(session, charge_id=charge_id)

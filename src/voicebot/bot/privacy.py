@@ -32,9 +32,11 @@ def build_router() -> Router:
 def forget_keyboard(user_id: int) -> InlineKeyboardMarkup:
     """Confirm or call off the /forget of `user_id`."""
     yes = InlineKeyboardButton(
-        text=texts.forget_yes(), callback_data=f"{FORGET_PREFIX}yes:{user_id}"
+        text=texts.privacy.forget_yes(), callback_data=f"{FORGET_PREFIX}yes:{user_id}"
     )
-    no = InlineKeyboardButton(text=texts.forget_no(), callback_data=f"{FORGET_PREFIX}no:{user_id}")
+    no = InlineKeyboardButton(
+        text=texts.privacy.forget_no(), callback_data=f"{FORGET_PREFIX}no:{user_id}"
+    )
     return InlineKeyboardMarkup(inline_keyboard=[[yes, no]])
 
 
@@ -42,7 +44,7 @@ async def on_privacy(message: Message, runtime: Runtime) -> None:
     """What is stored, for how long, and that audio is not."""
     settings = runtime.settings
     await message.answer(
-        texts.privacy(
+        texts.privacy.summary(
             kept_days=cache.kept_days(settings),
             serving_days=cache.serving_days(settings),
             retention_days=settings.retention_days,
@@ -53,12 +55,12 @@ async def on_privacy(message: Message, runtime: Runtime) -> None:
 async def on_forget(message: Message) -> None:
     """Ask for confirmation; nothing is deleted yet."""
     user_id = message.from_user.id if message.from_user else message.chat.id
-    await message.answer(texts.forget_confirm(), reply_markup=forget_keyboard(user_id))
+    await message.answer(texts.privacy.forget_confirm(), reply_markup=forget_keyboard(user_id))
 
 
 async def on_forget_in_group(message: Message) -> None:
     """/forget in a group: it is done in the private chat."""
-    await message.reply(texts.forget_private_only())
+    await message.reply(texts.privacy.forget_private_only())
 
 
 async def on_forget_button(query: CallbackQuery, runtime: Runtime) -> None:
@@ -67,11 +69,11 @@ async def on_forget_button(query: CallbackQuery, runtime: Runtime) -> None:
     if not owner.isdigit() or int(owner) != query.from_user.id or choice not in ("yes", "no"):
         # Someone else's confirmation (a crafted callback): nothing happens.
         log.warning("forget_refused", presser=query.from_user.id, data=query.data)
-        await query.answer(texts.forget_not_yours(), show_alert=True)
+        await query.answer(texts.privacy.forget_not_yours(), show_alert=True)
         return
     if choice == "no":
         await query.answer()
-        await _show(runtime, query, texts.forget_kept())
+        await _show(runtime, query, texts.privacy.forget_kept())
         return
     async with runtime.sessions() as session:
         forgotten = await privacy.forget(session, user_id=query.from_user.id, now=utcnow())
@@ -80,10 +82,10 @@ async def on_forget_button(query: CallbackQuery, runtime: Runtime) -> None:
         # Here now; the other processes' `cancels.watch` stops theirs.
         cancels.stop(runtime, job_id)
     try:
-        await query.answer(texts.forget_deleted())
+        await query.answer(texts.privacy.forget_deleted())
     except TelegramAPIError as error:  # a press delivered again after a crash: too late to answer
         log.info("forget_not_answered", error=str(error))
-    await _show(runtime, query, texts.forget_done(forgotten.transcripts))
+    await _show(runtime, query, texts.privacy.forget_done(forgotten.transcripts))
 
 
 async def _show(runtime: Runtime, query: CallbackQuery, text: str) -> None:

@@ -45,7 +45,7 @@ async def on_settings(message: Message, runtime: Runtime) -> None:
     if chat.type in groups.GROUP_TYPES:
         async with runtime.sessions() as session:
             found = await groups.group_settings(session, chat_id=chat.id)
-        text = texts.group_settings(found.mode, found.media_files)
+        text = texts.groups.group_settings(found.mode, found.media_files)
         await message.answer(text, reply_markup=group_keyboard(found))
     elif chat.type == "private" and sender is not None:
         async with runtime.sessions() as session:
@@ -57,13 +57,13 @@ def group_keyboard(found: groups.GroupSettings) -> InlineKeyboardMarkup:
     """The mode buttons (the current one ticked) and the media-files switch."""
     modes = [
         InlineKeyboardButton(
-            text=(CHOSEN if mode == found.mode else "") + texts.mode_name(mode),
+            text=(CHOSEN if mode == found.mode else "") + texts.groups.mode_name(mode),
             callback_data=f"{GROUP_PREFIX}mode:{mode}",
         )
         for mode in ChatMode
     ]
     switch = InlineKeyboardButton(
-        text=texts.media_files_button(found.media_files),
+        text=texts.groups.media_files_button(found.media_files),
         callback_data=f"{GROUP_PREFIX}files:{'off' if found.media_files else 'on'}",
     )
     return InlineKeyboardMarkup(inline_keyboard=[modes, [switch]])
@@ -83,11 +83,11 @@ async def on_group_button(query: CallbackQuery, runtime: Runtime, bot: Bot) -> N
     """Change the group's settings if the presser is one of its administrators."""
     message, change = query.message, parse_group_button(query.data or "")
     if change is None or message is None or message.chat.type not in groups.GROUP_TYPES:
-        await query.answer(texts.settings_button_unknown(), show_alert=True)
+        await query.answer(texts.groups.settings_button_unknown(), show_alert=True)
         return
     chat = message.chat
     if not await runtime.chat_admins.may_change(bot, chat=chat, user=query.from_user):
-        await query.answer(texts.settings_admins_only(), show_alert=True)
+        await query.answer(texts.groups.settings_admins_only(), show_alert=True)
         return
     mode, media_files = change
     async with runtime.sessions() as session:
@@ -101,20 +101,20 @@ async def on_group_button(query: CallbackQuery, runtime: Runtime, bot: Bot) -> N
         )
         await session.commit()
     log.info("group_settings_changed", chat_id=chat.id, mode=now.mode, media_files=now.media_files)
-    await query.answer(texts.settings_saved())
+    await query.answer(texts.groups.settings_saved())
     await _show(
         bot,
         message.chat.id,
         message.message_id,
-        texts.group_settings(now.mode, now.media_files),
+        texts.groups.group_settings(now.mode, now.media_files),
         group_keyboard(now),
     )
 
 
 def ui_keyboard(chosen: str | None) -> InlineKeyboardMarkup:
     """Telegram's language, then each interface language (the current choice ticked)."""
-    choices = [(TELEGRAM_LANGUAGE, texts.telegram_language())]
-    choices += [(code, texts.UI_LANGUAGE_NAMES.get(code, code)) for code in SUPPORTED]
+    choices = [(TELEGRAM_LANGUAGE, texts.groups.telegram_language())]
+    choices += [(code, texts.groups.UI_LANGUAGE_NAMES.get(code, code)) for code in SUPPORTED]
     current = chosen or TELEGRAM_LANGUAGE
     buttons = [
         InlineKeyboardButton(
@@ -126,8 +126,8 @@ def ui_keyboard(chosen: str | None) -> InlineKeyboardMarkup:
 
 
 def _private_text(chosen: str | None) -> str:
-    current = texts.UI_LANGUAGE_NAMES.get(chosen, chosen) if chosen else None
-    return texts.private_settings(current or texts.telegram_language())
+    current = texts.groups.UI_LANGUAGE_NAMES.get(chosen, chosen) if chosen else None
+    return texts.groups.private_settings(current or texts.groups.telegram_language())
 
 
 async def on_ui_button(query: CallbackQuery, runtime: Runtime, bot: Bot) -> None:
@@ -139,7 +139,7 @@ async def on_ui_button(query: CallbackQuery, runtime: Runtime, bot: Bot) -> None
         or message is None
         or message.chat.type != "private"
     ):
-        await query.answer(texts.settings_button_unknown(), show_alert=True)
+        await query.answer(texts.groups.settings_button_unknown(), show_alert=True)
         return
     chosen = None if code == TELEGRAM_LANGUAGE else code
     sender = query.from_user
@@ -157,7 +157,7 @@ async def on_ui_button(query: CallbackQuery, runtime: Runtime, bot: Bot) -> None
         await session.commit()
     log.info("ui_language_changed", user_id=sender.id, ui_language=chosen)
     with use_locale(locale_for(chosen, sender.language_code)):
-        await query.answer(texts.settings_saved())
+        await query.answer(texts.groups.settings_saved())
         await _show(
             bot, message.chat.id, message.message_id, _private_text(chosen), ui_keyboard(chosen)
         )
