@@ -1,22 +1,39 @@
 """Chaos at the door: SIGKILLs at random moments lose no message and answer none twice.
 
-The real bot (`python -m voicebot run`, tiny.en) runs against the fake Bot API while bursts of
-voice notes, audio files, audio documents and video notes arrive from several chats. The
-process is SIGKILLed again and again: just after a burst arrives (0-300 ms after it, and
-just after the bot confirmed it to Telegram, which then forgets it), during start-up, mid
-transcription (after a file download), mid delivery (after a transcript went out) and at
-uniformly random moments. Then it is started one last time and left to finish.
+The real bot (`python -m voicebot run`, tiny.en) runs against the fake Bot API (with groups)
+while bursts arrive: voice notes, audio files, audio documents and video notes from three
+private chats, and voice notes from two members of a forum supergroup, posted in one of its
+topics (the bot is added to the group, in its default automatic mode, before the first burst,
+and that update is confirmed before any kill). The process is SIGKILLed again and again: just
+after a burst arrives (0-300 ms after it, and just after the bot confirmed it to Telegram, which
+then forgets it), during start-up, mid transcription (after a file download), mid delivery
+(after a transcript went out) and at uniformly random moments. Then it is started one last time
+and left to finish.
 
-In some rounds the user presses the Cancel button of a random waiting or running job just
-before the kill, so the press may be handled, half handled or delivered again after the start.
+Writes that users make are done just before some kills, so each may be handled, half handled
+or delivered again after the start:
+- the Cancel button of a random waiting or running job is pressed;
+- a private chat's user sets the recognition language to English, typing `/language en` or
+  pressing English in the `/language` menu (typed when the menu does not show in time);
+- once, a user who sends a clip nobody else sends (in the first burst and in that round's
+  burst) asks `/forget` and presses its confirmation.
 
-The chat is then read as a user sees it: every media message has exactly one visible reply
+The chats are then read as a user sees them: every media message has exactly one visible reply
 that is its transcript (or, for a pressed one, either that or "Cancelled." with its job
 `cancelled` and nothing charged), every other job row is `done`, every press was answered, and
-the last process exits 0 on SIGTERM. A
-status reply left behind ("Queued…", "Transcribing…") is allowed only where the bot logged
-`status_reply_in_doubt` for that job: a SIGKILL between Telegram's sendMessage and storing its
-id cannot be told apart from a lost request, and sendMessage is not idempotent.
+the last process exits 0 on SIGTERM. A status reply left behind ("Queued…", "Transcribing…") is
+allowed only where the bot logged `status_reply_in_doubt` for that job: a SIGKILL between
+Telegram's sendMessage and storing its id cannot be told apart from a lost request, and
+sendMessage is not idempotent. Besides:
+- group: every bot message replying to a group recording was sent in its topic; the one other
+  bot message there is the introduction (with the privacy-mode advice) sent when it was added;
+- language: the chat's `chats.language` is "en", each command or press got at least one answer
+  (a second answer after a crash is a known window: counted in the summary line), and every job
+  of that chat accepted after the user saw the answer has `jobs.language` "en";
+- forget: the press was answered and its message says what was deleted; none of the user's jobs
+  links a transcript and no transcript holds their words; each of their recordings has one reply,
+  its transcript or "Cancelled." (forget cancels unfinished jobs, which is no stray cancel);
+  their usage rows are all still there.
 
 The schedule comes from a seeded `random.Random`; set CHAOS_SEED to replay one (the timing of
 the process itself still varies from run to run).
@@ -32,18 +49,20 @@ import re
 import signal
 import sqlite3
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from voicebot import texts
+from voicebot import languages, texts
 from voicebot.audio import decode
 
 from .botproc import BotProcess
-from .fakes import FakeBotAPI, SentMessage
+from .fake_groups import GroupFakeBotAPI
+from .fakes import SentMessage
 from .media import encode_audio, video_with_sound, voice_note
 
 CLIPS = (
@@ -52,8 +71,16 @@ CLIPS = (
     "librispeech_alif_i_tell_you.wav",
     "librispeech_alif_testing_routine.wav",
 )
-KINDS = ("voice", "audio", "document", "video_note")
+#: "group_voice" is a voice note posted in the group's topic by one of its members.
+KINDS = ("voice", "audio", "document", "video_note", "group_voice")
+PRIVATE_KINDS = KINDS[:4]
+#: Private chats (each chat's id is its user's).
 CHATS = (6001, 6002, 6003)
+#: A forum supergroup, the topic its recordings are posted in, and the members who post them.
+GROUP, TOPIC, MEMBERS = -1006100, 5, (6101, 6102)
+#: The user who asks /forget; their clip is sent by nobody else (no cache hit joins them to
+#: another user's transcript), so its words in a transcript row can only be theirs.
+FORGETTER, FORGET_CLIP = 6009, "librispeech_61-70968-0000.flac"
 #: Kill moments and how many of each; the order is shuffled by the seed.
 MOMENTS = {"burst": 2, "confirm": 2, "startup": 2, "download": 2, "delivery": 2, "random": 2}
 #: What each kill waits for before its delay (start-up kills are told apart as they happen).
@@ -66,6 +93,8 @@ EVENTS = {
 }
 #: How long a kill waits for its event before killing anyway.
 EVENT_TIMEOUT = 30.0
+#: How long a round waits for the /language menu or the /forget question before going on.
+ANSWER_TIMEOUT = 20.0
 SETTLE_TIMEOUT = 120.0
 
 _NUMBERED = re.compile(r"\d+")
@@ -84,6 +113,8 @@ _STATUS_SHAPES = (
     _shape(texts.as_file(12345)),
 )
 _ERRORS = (texts.FAILED, texts.GAVE_UP, texts.UNAVAILABLE, texts.NOT_MEDIA, texts.HELP)
+_FORGET_DONE = (_shape(texts.privacy.forget_done(1)), _shape(texts.privacy.forget_done(2)))
+ENGLISH_SET = texts.outputs.language_set(languages.name("en"))
 FINAL = ("done", "failed", "cancelled")
 
 
@@ -97,6 +128,11 @@ def is_error(text: str) -> bool:
     return text in _ERRORS or text.startswith(texts.too_large(1)[:25])
 
 
+def is_forget_done(text: str) -> bool:
+    """Whether `text` is the /forget question replaced by what was deleted."""
+    return any(shape.fullmatch(text) for shape in _FORGET_DONE)
+
+
 def words(text: str) -> set[str]:
     """Lower-cased words of `text`, punctuation dropped."""
     return set(re.findall(r"[a-z']+", text.lower()))
@@ -108,13 +144,25 @@ def is_transcript_of(text: str, reference: str) -> bool:
     return len(words(text) & expected) >= max(2, int(0.6 * len(expected)))
 
 
+def buttons(message: SentMessage) -> list[str]:
+    """Callback data of a bot message's inline buttons, as it shows now."""
+    rows = (message.reply_markup or {}).get("inline_keyboard", [])
+    return [str(button.get("callback_data")) for row in rows for button in row]
+
+
 @dataclass(frozen=True)
 class Item:
-    """One media message of a burst: which chat sends which clip as what."""
+    """One media message of a burst: who sends which clip as what, in which chat."""
 
     chat_id: int
     kind: str
     clip: str
+    #: The sender: the chat's own user in a private chat, a member in the group.
+    user_id: int
+
+    def __str__(self) -> str:
+        where = "group" if self.chat_id == GROUP else "chat"
+        return f"{where} {self.user_id}:{self.kind}:{Path(self.clip).stem.split('_')[-1]}"
 
 
 @dataclass(frozen=True)
@@ -126,12 +174,22 @@ class Round:
     burst: tuple[Item, ...]
     #: Whether a Cancel button is pressed after the event, just before the kill.
     press: bool = False
+    #: A private chat whose user sets the recognition language to English just before the
+    #: kill, and how: "typed" (`/language en`) or "button" (English in the /language menu).
+    language: tuple[int, str] | None = None
+    #: Whether FORGETTER asks /forget after the burst and confirms it just before the kill.
+    forget: bool = False
 
     def __str__(self) -> str:
         unit = "x start-up" if self.moment == "startup" else "s"
-        sent = ", ".join(f"{i.chat_id}:{i.kind}:{i.clip.split('_')[-1][:-4]}" for i in self.burst)
-        pressing = " + a Cancel press" if self.press else ""
-        return f"{self.moment:<8} +{self.delay:.3f}{unit:<10} burst [{sent}]{pressing}"
+        sent = ", ".join(str(item) for item in self.burst)
+        extra = " + a Cancel press" if self.press else ""
+        if self.language is not None:
+            chat_id, how = self.language
+            extra += f" + /language en {how} in chat {chat_id}"
+        if self.forget:
+            extra += f" + /forget confirmed by {FORGETTER}"
+        return f"{self.moment:<8} +{self.delay:.3f}{unit:<10} burst [{sent}]{extra}"
 
 
 @dataclass(frozen=True)
@@ -142,6 +200,10 @@ class Sent:
     message_id: int
     kind: str
     clip: str
+    user_id: int
+    #: The recognition language its job must carry (the user saw the setting confirmed before
+    #: sending it); None: not checked.
+    language: str | None = None
 
 
 def plan(rng: random.Random) -> tuple[list[Round], tuple[Item, ...]]:
@@ -159,38 +221,105 @@ def plan(rng: random.Random) -> tuple[list[Round], tuple[Item, ...]]:
         "delivery": lambda: rng.uniform(0.0, 0.05),
         "random": lambda: rng.uniform(0.0, 4.0),
     }
-    rounds = [
-        Round(moment, delays[moment](), burst(rng), moment != "startup" and rng.random() < 0.4)
+    drawn = [
+        (moment, delays[moment](), burst(rng), moment != "startup" and rng.random() < 0.4)
         for moment in moments
     ]
-    return rounds, burst(rng)
+    last = burst(rng)
+    # Settings and /forget are answered by a running process: not in start-up rounds. The
+    # forget comes after a few processes, so the user's first recording may be done by then.
+    running = [i for i, moment in enumerate(moments) if moment != "startup"]
+    forget_at = rng.choice([i for i in running if i >= 3])
+    count = rng.randint(1, 2)
+    language = {
+        index: (chat_id, rng.choice(("typed", "button")))
+        for index, chat_id in zip(rng.sample(running, count), rng.sample(CHATS, count), strict=True)
+    }
+    forgetter = {
+        index: Item(FORGETTER, rng.choice(PRIVATE_KINDS), FORGET_CLIP, FORGETTER)
+        for index in (0, forget_at)
+    }
+    rounds = [
+        Round(
+            moment,
+            delay,
+            items + ((forgetter[index],) if index in forgetter else ()),
+            press,
+            language.get(index),
+            index == forget_at,
+        )
+        for index, (moment, delay, items, press) in enumerate(drawn)
+    ]
+    return rounds, last
 
 
 def burst(rng: random.Random) -> tuple[Item, ...]:
-    """Two to four media messages from random chats."""
-    return tuple(
-        Item(rng.choice(CHATS), rng.choice(KINDS), rng.choice(CLIPS))
-        for _ in range(rng.randint(2, 4))
-    )
+    """Two to four media messages from random private chats and group members."""
+    return tuple(item(rng) for _ in range(rng.randint(2, 4)))
+
+
+def item(rng: random.Random) -> Item:
+    """One media message: a random kind; for a group voice note, a random member sends it."""
+    kind = rng.choice(KINDS)
+    if kind == "group_voice":
+        return Item(GROUP, kind, rng.choice(CLIPS), rng.choice(MEMBERS))
+    chat_id = rng.choice(CHATS)
+    return Item(chat_id, kind, rng.choice(CLIPS), chat_id)
+
+
+@dataclass
+class Forget:
+    """FORGETTER's /forget: the commands sent, the press, and their usage rows before it."""
+
+    asked: list[int] = field(default_factory=list)
+    #: The question pressed, and the press's callback query id.
+    pressed: tuple[int, str] | None = None
+    usage_before: set[int] = field(default_factory=set)
 
 
 class Chaos:
     """Sends the bursts through the fake API and watches its calls for kill moments."""
 
-    def __init__(self, api: FakeBotAPI, corpus: Path) -> None:
-        self.api, self.corpus = api, corpus
+    def __init__(
+        self, api: GroupFakeBotAPI, corpus: Path, database: Path, references: dict[str, str]
+    ) -> None:
+        self.api, self.corpus, self.database = api, corpus, database
+        #: The reference transcript of each clip.
+        self.references = references
         self.sent: list[Sent] = []
         #: Media messages whose Cancel button was pressed, and the press's callback query id.
         self.pressed: dict[tuple[int, int], str] = {}
+        #: Commands users typed, by (chat_id, message_id).
+        self.commands: dict[tuple[int, int], str] = {}
+        #: Presses of English in a /language menu, by chat: callback query ids.
+        self.language_presses: dict[int, list[str]] = {}
+        #: Chats whose user saw their English setting confirmed (a reply or a press answer).
+        self.english: set[int] = set()
+        self.forget = Forget()
         self._media: dict[tuple[str, str], bytes] = {}
+
+    async def join_group(self) -> None:
+        """Add the bot to the forum group; return once that update was handled and confirmed."""
+        self.api.add_group(GROUP, "Chaos team", topics=(TOPIC,))
+        update_id = self.api.add_bot(GROUP, by=MEMBERS[0])
+
+        def confirmed() -> bool:
+            return all(u["update_id"] != update_id for u in self.api.pending_updates)
+
+        await self.api.wait_for(confirmed, EVENT_TIMEOUT, "the bot added to the group")
 
     def push(self, items: tuple[Item, ...]) -> set[tuple[int, int]]:
         """Send a burst, all its messages at once; return their (chat_id, message_id)."""
         first = len(self.sent)
+        self.english |= {chat_id for chat_id in CHATS if self.language_confirmed(chat_id)}
         for item in items:
             data = self.media(item.kind, item.clip)
             if item.kind == "voice":
                 message_id = self.api.send_voice(item.chat_id, data, duration=4)
+            elif item.kind == "group_voice":
+                message_id = self.api.send_group_voice(
+                    item.chat_id, item.user_id, data, duration=4, thread_id=TOPIC
+                )
             elif item.kind == "audio":
                 message_id = self.api.send_audio(
                     item.chat_id, data, duration=4, file_name="memo.wav", mime_type="audio/wav"
@@ -201,8 +330,17 @@ class Chaos:
                 )
             else:
                 message_id = self.api.send_video_note(item.chat_id, data, duration=4)
-            self.sent.append(Sent(item.chat_id, message_id, item.kind, item.clip))
+            language = "en" if item.chat_id in self.english else None
+            self.sent.append(
+                Sent(item.chat_id, message_id, item.kind, item.clip, item.user_id, language)
+            )
         return {(s.chat_id, s.message_id) for s in self.sent[first:]}
+
+    def type(self, chat_id: int, text: str) -> int:
+        """A user types a command in their private chat; its message id."""
+        message_id = self.api.send_text(chat_id, text)
+        self.commands[(chat_id, message_id)] = text
+        return message_id
 
     def press(self, rng: random.Random) -> tuple[int, int] | None:
         """Press the Cancel button of a random status message that shows one; which."""
@@ -212,16 +350,80 @@ class Chaos:
             if (s.chat_id, s.message_id) not in self.pressed
             for m in self.api.messages(s.chat_id)
             if m.reply_to == s.message_id and not m.deleted
-            for row in (m.reply_markup or {}).get("inline_keyboard", [])
-            for data in (button.get("callback_data") for button in row)
-            if str(data).startswith("cancel:")
+            for data in buttons(m)
+            if data.startswith("cancel:")
         ]
         if not showing:
             return None
         sent, status, data = rng.choice(showing)
         key = (sent.chat_id, sent.message_id)
-        self.pressed[key] = self.api.press_button(sent.chat_id, status.message_id, str(data))
+        self.pressed[key] = self.api.press_button(
+            sent.user_id, status.message_id, data, chat_id=sent.chat_id
+        )
         return key
+
+    async def set_english(self, chat_id: int, how: str, asked: int | None) -> str:
+        """Set the chat's recognition language to English: press English in the menu `asked`
+        for (when it shows in time) or type `/language en`; what was done."""
+        if how == "button" and asked is not None:
+
+            def menus() -> list[SentMessage]:
+                return [
+                    m
+                    for m in self.api.messages(chat_id)
+                    if m.message_id > asked and "lang:en" in buttons(m)
+                ]
+
+            if await until(lambda: bool(menus()), ANSWER_TIMEOUT):
+                query_id = self.api.press_button(chat_id, menus()[0].message_id, "lang:en")
+                self.language_presses.setdefault(chat_id, []).append(query_id)
+                return "pressed English in the /language menu"
+        self.type(chat_id, "/language en")
+        return "typed /language en" + (" (no menu came)" if how == "button" else "")
+
+    def language_confirmed(self, chat_id: int) -> bool:
+        """Whether the user has seen an answer saying their language is English (committed)."""
+        replied = any(
+            m.reply_to == message_id and m.text == ENGLISH_SET
+            for (chat, message_id), text in self.commands.items()
+            if chat == chat_id and text == "/language en"
+            for m in self.api.messages(chat_id)
+        )
+        answered = (self.api.query_answer(q) for q in self.language_presses.get(chat_id, []))
+        return replied or any(
+            a is not None and a.params.get("text") == ENGLISH_SET for a in answered
+        )
+
+    def language_settled(self) -> bool:
+        """Whether every /language en typed has a reply and every English press an answer."""
+        typed = all(
+            any(m.reply_to == message_id for m in self.api.messages(chat_id))
+            for (chat_id, message_id), text in self.commands.items()
+            if text == "/language en"
+        )
+        return typed and all(
+            self.api.query_answer(q) is not None
+            for presses in self.language_presses.values()
+            for q in presses
+        )
+
+    async def confirm_forget(self, timeout: float) -> bool:
+        """Press "Delete my data" in the latest /forget question once one shows; whether it did."""
+
+        def questions() -> list[SentMessage]:
+            yes = f"forget:yes:{FORGETTER}"
+            return [m for m in self.api.messages(FORGETTER) if yes in buttons(m)]
+
+        if self.forget.pressed is not None or not await until(lambda: bool(questions()), timeout):
+            return False
+        question = questions()[-1]
+        self.forget.usage_before = {
+            int(row[0])
+            for row in query(self.database, f"SELECT id FROM usage WHERE user_id = {FORGETTER}")
+        }
+        query_id = self.api.press_button(FORGETTER, question.message_id, f"forget:yes:{FORGETTER}")
+        self.forget.pressed = (question.message_id, query_id)
+        return True
 
     def media(self, kind: str, clip: str) -> bytes:
         """The file of a `kind` message carrying `clip`, encoded once."""
@@ -262,8 +464,9 @@ class Chaos:
     def transcript_sent_since(self, mark: int) -> bool:
         """Whether a sendMessage or editMessageText carrying a transcript came after `mark`."""
         return any(
-            text and not is_status(text) and not is_error(text)
+            is_transcript_of(text, reference)
             for _, text in self.calls_since(mark, "sendMessage", "editMessageText")
+            for reference in self.references.values()
         )
 
 
@@ -277,16 +480,21 @@ async def until(predicate: Callable[[], bool], timeout: float, every: float = 0.
     return True
 
 
+def query(database: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a read-only statement on the bot's database (committed data only)."""
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
+        return connection.execute(sql).fetchall()
+
+
 def job_rows(database: Path) -> list[tuple[int, int, int, str]] | None:
     """(id, chat_id, message_id, status) of every job; None while the file is unreadable."""
     if not database.exists():
         return []
     try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
-            rows = connection.execute("SELECT id, chat_id, message_id, status FROM jobs")
-            return [(int(a), int(b), int(c), str(d)) for a, b, c, d in rows]
+        rows = query(database, "SELECT id, chat_id, message_id, status FROM jobs")
     except sqlite3.OperationalError:  # locked, or the schema not created yet
         return None
+    return [(int(a), int(b), int(c), str(d)) for a, b, c, d in rows]
 
 
 def in_doubt_job_ids(log: str) -> set[int]:
@@ -304,9 +512,16 @@ def in_doubt_job_ids(log: str) -> set[int]:
     return found
 
 
-@pytest.mark.timeout(240)
+@pytest.fixture
+async def api() -> AsyncIterator[GroupFakeBotAPI]:
+    """The fake Bot API with groups, stopped after the test."""
+    async with GroupFakeBotAPI() as fake:
+        yield fake
+
+
+@pytest.mark.timeout(360)
 async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
-    api: FakeBotAPI,
+    api: GroupFakeBotAPI,
     tmp_path: Path,
     model_cache: Path,
     corpus: Path,
@@ -329,7 +544,10 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
         JOB_MAX_ATTEMPTS="30",
         USER_MAX_ACTIVE_JOBS="100",
     )
-    chaos = Chaos(api, corpus)
+    database = tmp_path / "data" / "voicebot.db"
+    clips = (*CLIPS, FORGET_CLIP)
+    references_by_clip = {clip: references[f"en/{clip}"]["reference_transcript"] for clip in clips}
+    chaos = Chaos(api, corpus, database, references_by_clip)
     presses = random.Random(seed + 1)
     startup = 0.0
     for number, round_ in enumerate(rounds, 1):
@@ -346,8 +564,14 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
             await bot.start()
             if startup == 0.0:
                 startup = time.monotonic() - spawned
+                await chaos.join_group()
             mark = len(api.calls)
             burst = chaos.push(round_.burst)
+            menu = None
+            if round_.language is not None and round_.language[1] == "button":
+                menu = chaos.type(round_.language[0], "/language")
+            if round_.forget:
+                chaos.forget.asked.append(chaos.type(FORGETTER, "/forget"))
             seen = True
             if round_.moment == "confirm":
                 seen = await until(partial(chaos.confirmed, burst), EVENT_TIMEOUT)
@@ -355,6 +579,11 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
                 seen = await until(partial(chaos.called_since, mark, "downloadFile"), EVENT_TIMEOUT)
             elif round_.moment == "delivery":
                 seen = await until(partial(chaos.transcript_sent_since, mark), EVENT_TIMEOUT)
+            if round_.language is not None:
+                done = await chaos.set_english(*round_.language, menu)
+                print(f"      chat {round_.language[0]} {done}")
+            if chaos.forget.asked and await chaos.confirm_forget(ANSWER_TIMEOUT):
+                print(f"      {FORGETTER} confirmed /forget")
             if round_.press and (pressed := chaos.press(presses)) is not None:
                 print(f"      pressed Cancel for chat {pressed[0]} message {pressed[1]}")
             await asyncio.sleep(round_.delay)
@@ -368,8 +597,9 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
 
     await bot.start()
     chaos.push(last_burst)
-    database = tmp_path / "data" / "voicebot.db"
-    references_by_clip = {clip: references[f"en/{clip}"]["reference_transcript"] for clip in CLIPS}
+    if chaos.forget.pressed is None:  # the question never showed before a kill: press it now
+        assert await chaos.confirm_forget(SETTLE_TIMEOUT), "no /forget question ever showed"
+        print(f"  {FORGETTER} confirmed /forget after the last start")
 
     def answered(sent: Sent) -> bool:
         return any(
@@ -391,6 +621,8 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
                 for sent in chaos.sent
             )
             and all(api.query_answer(query) for query in chaos.pressed.values())
+            and chaos.language_settled()
+            and forget_settled(api, chaos)
         )
 
     def idle() -> bool:
@@ -405,14 +637,21 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
     assert await bot.stop() == 0, f"the last bot did not exit 0 on SIGTERM:\n{bot.output()}"
 
     rows = job_rows(database) or []
-    problems = check_chat(api, chaos.sent, rows, bot.output(), references_by_clip)
-    problems.lines += check_presses(api, chaos.pressed, rows, database)
+    problems = check_chat(api, chaos, rows, bot.output(), references_by_clip)
+    problems.lines += check_presses(api, chaos, rows, database)
+    language = check_language(api, chaos, database)
+    forget = check_forget(api, chaos, database, references_by_clip[FORGET_CLIP])
+    problems.lines += language.lines + forget.lines
     elapsed = time.monotonic() - began
     cancelled = sum(1 for row in rows if row[3] == "cancelled")
+    in_group = sum(1 for s in chaos.sent if s.chat_id == GROUP)
     print(
-        f"{len(chaos.sent)} media messages, {len(rounds)} kills, "
+        f"{len(chaos.sent)} media messages ({in_group} in the group), {len(rounds)} kills, "
         f"{problems.orphans} orphan status replies (logged in doubt), "
-        f"{len(chaos.pressed)} Cancel presses ({cancelled} cancelled), {elapsed:.0f}s"
+        f"{len(chaos.pressed)} Cancel presses ({cancelled} cancelled), "
+        f"{language.actions} language changes ({language.orphans} answered twice), "
+        f"/forget {'pressed' if chaos.forget.pressed else 'never pressed'} "
+        f"({forget.orphans} questions asked twice), {elapsed:.0f}s"
     )
     if problems.lines:
         pytest.fail(
@@ -422,17 +661,44 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
         )
 
 
+def forget_settled(api: GroupFakeBotAPI, chaos: Chaos) -> bool:
+    """Whether the /forget press was answered and its question replaced by what was deleted."""
+    if chaos.forget.pressed is None:
+        return True
+    message_id, query_id = chaos.forget.pressed
+    shown = [m for m in api.messages(FORGETTER) if m.message_id == message_id]
+    return api.query_answer(query_id) is not None and is_forget_done(shown[0].text or "")
+
+
 @dataclass
 class Findings:
-    """What is wrong in the chats, one line each, and how many allowed orphans were seen."""
+    """What is wrong, one line each, and how many allowed leftovers (orphans, repeats) there are;
+    `actions` counts what a check covered, where it says so."""
 
     lines: list[str]
     orphans: int
+    actions: int = 0
+
+
+def explained(chaos: Chaos, chat_id: int, message: SentMessage) -> str | None:
+    """What a bot message replying to no recording is, where a flow explains it; else None."""
+    text = message.text or ""
+    if message.reply_to is not None:
+        return "command reply" if (chat_id, message.reply_to) in chaos.commands else None
+    if chat_id == GROUP and text.startswith(texts.groups.group_intro()):
+        return "intro"
+    if chat_id in CHATS and any(data.startswith("lang:") for data in buttons(message)):
+        return "language menu"
+    if chat_id == FORGETTER and (
+        (text == texts.privacy.forget_confirm() and buttons(message)) or is_forget_done(text)
+    ):
+        return "forget question"
+    return None
 
 
 def check_chat(
-    api: FakeBotAPI,
-    sent: list[Sent],
+    api: GroupFakeBotAPI,
+    chaos: Chaos,
     rows: list[tuple[int, int, int, str]],
     log: str,
     references: dict[str, str],
@@ -440,6 +706,7 @@ def check_chat(
     """Read every chat as its user sees it and list what breaks the contract."""
     lines: list[str] = []
     orphans = 0
+    sent = chaos.sent
     jobs = {(chat_id, message_id): (job_id, status) for job_id, chat_id, message_id, status in rows}
     in_doubt = in_doubt_job_ids(log)
     media = {(s.chat_id, s.message_id): s for s in sent}
@@ -448,12 +715,29 @@ def check_chat(
     for key in sorted(set(jobs) - set(media)):
         lines.append(f"job row {jobs[key]} for chat {key[0]} message {key[1]}: no such media")
     visible: dict[int, list[SentMessage]] = {
-        chat_id: [m for m in api.messages(chat_id) if not m.deleted] for chat_id in CHATS
+        chat_id: [m for m in api.messages(chat_id) if not m.deleted]
+        for chat_id in (*CHATS, GROUP, FORGETTER)
     }
+    intros = 0
     for chat_id, messages in visible.items():
         for m in messages:
-            if (chat_id, m.reply_to) not in media:
-                lines.append(f"chat {chat_id}: bot message {m.message_id} replies to no media")
+            if (chat_id, m.reply_to) in media:
+                continue
+            what = explained(chaos, chat_id, m)
+            if what == "intro":
+                intros += 1
+            elif what is None:
+                lines.append(
+                    f"chat {chat_id}: bot message {m.message_id} {m.text!r} replies to no media"
+                )
+    if intros != 1:
+        lines.append(f"group: {intros} introductions of the bot (added once: one expected)")
+    for m in api.messages(GROUP):
+        thread = api.threads.get((GROUP, m.message_id), "none recorded")
+        if (GROUP, m.reply_to) in media and thread != TOPIC:
+            lines.append(
+                f"group: bot message {m.message_id} replies in thread {thread}, not {TOPIC}"
+            )
     for s in sent:
         label = f"chat {s.chat_id} message {s.message_id} ({s.kind}, {s.clip})"
         job_id, status = jobs.get((s.chat_id, s.message_id), (None, "no job row"))
@@ -492,28 +776,113 @@ def check_chat(
 
 
 def check_presses(
-    api: FakeBotAPI,
-    pressed: dict[tuple[int, int], str],
-    rows: list[tuple[int, int, int, str]],
-    database: Path,
+    api: GroupFakeBotAPI, chaos: Chaos, rows: list[tuple[int, int, int, str]], database: Path
 ) -> list[str]:
-    """Every press answered; only pressed jobs cancelled, and those neither charged nor stored."""
+    """Every press answered; only pressed jobs (or those of a forgotten user) cancelled, and a
+    pressed one neither charged nor stored."""
     lines: list[str] = []
+    pressed = chaos.pressed
     jobs = {(chat_id, message_id): (job_id, status) for job_id, chat_id, message_id, status in rows}
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
-        charged = {int(job_id) for (job_id,) in connection.execute("SELECT job_id FROM usage")}
-        linked = {
-            int(job_id)
-            for (job_id,) in connection.execute(
-                "SELECT id FROM jobs WHERE transcript_id IS NOT NULL"
-            )
-        }
+    charged = {int(job_id) for (job_id,) in query(database, "SELECT job_id FROM usage")}
+    linked = {
+        int(job_id)
+        for (job_id,) in query(database, "SELECT id FROM jobs WHERE transcript_id IS NOT NULL")
+    }
+    # /forget cancels its user's unfinished jobs (a transcribed one was charged already).
+    forgotten = (
+        {(s.chat_id, s.message_id) for s in chaos.sent if s.user_id == FORGETTER}
+        if chaos.forget.pressed is not None
+        else set()
+    )
     for key, (job_id, status) in sorted(jobs.items()):
         label = f"chat {key[0]} message {key[1]} (job {job_id})"
         if key in pressed and api.query_answer(pressed[key]) is None:
             lines.append(f"{label}: its Cancel press was never answered")
-        if status == "cancelled" and key not in pressed:
+        if status == "cancelled" and key not in pressed and key not in forgotten:
             lines.append(f"{label}: cancelled, but nobody pressed Cancel")
-        if status == "cancelled" and job_id in charged | linked:
+        if status == "cancelled" and job_id in (linked if key in forgotten else charged | linked):
             lines.append(f"{label}: cancelled, yet charged or given a transcript")
     return lines
+
+
+def check_language(api: GroupFakeBotAPI, chaos: Chaos, database: Path) -> Findings:
+    """Each chat that chose English has it, every choice was answered, and the jobs accepted
+    after the user saw it carry it; `orphans` counts answers given twice (after a crash)."""
+    lines: list[str] = []
+    repeats = 0
+    chats = {chat_id for chat_id, _ in chaos.commands if chat_id in CHATS}
+    stored = dict(query(database, "SELECT id, language FROM chats"))
+    for chat_id in sorted(chats):
+        if stored.get(chat_id) != "en":
+            lines.append(f"chat {chat_id}: language {stored.get(chat_id)!r} after /language en")
+        bot = api.messages(chat_id)
+        asked = [mid for (chat, mid), text in chaos.commands.items() if chat == chat_id]
+        for message_id in asked:
+            if chaos.commands[(chat_id, message_id)] != "/language en":
+                continue
+            replies = [m for m in bot if m.reply_to == message_id]
+            if not any(m.text == ENGLISH_SET for m in replies):
+                lines.append(f"chat {chat_id}: /language en got {[m.text for m in replies]}")
+            repeats += max(0, len(replies) - 1)
+        menus = [
+            m for m in bot if m.reply_to is None and any(d.startswith("lang:") for d in buttons(m))
+        ]
+        wanted = sum(1 for mid in asked if chaos.commands[(chat_id, mid)] == "/language")
+        if len(menus) < wanted:
+            lines.append(f"chat {chat_id}: {wanted} /language, {len(menus)} menus")
+        repeats += max(0, len(menus) - wanted)
+        for query_id in chaos.language_presses.get(chat_id, []):
+            answer = api.query_answer(query_id)
+            if answer is None or answer.params.get("text") != ENGLISH_SET:
+                lines.append(f"chat {chat_id}: English pressed, answered {answer}")
+    languages_of = {
+        (int(chat_id), int(message_id)): language
+        for chat_id, message_id, language in query(
+            database, "SELECT chat_id, message_id, language FROM jobs"
+        )
+    }
+    for s in chaos.sent:
+        found = languages_of.get((s.chat_id, s.message_id), "no job")
+        if s.language is not None and found != s.language:
+            lines.append(
+                f"chat {s.chat_id} message {s.message_id}: sent after English was confirmed, "
+                f"its job's language is {found!r}"
+            )
+    actions = sum(1 for text in chaos.commands.values() if text == "/language en")
+    actions += sum(len(presses) for presses in chaos.language_presses.values())
+    return Findings(lines, repeats, actions)
+
+
+def check_forget(api: GroupFakeBotAPI, chaos: Chaos, database: Path, reference: str) -> Findings:
+    """The /forget press was answered and shown done; nothing of FORGETTER's texts is linked or
+    stored; their usage rows stayed. `orphans` counts questions asked twice (after a crash)."""
+    lines: list[str] = []
+    if chaos.forget.pressed is None:
+        return Findings(["/forget: the question was never pressed"], 0)
+    message_id, query_id = chaos.forget.pressed
+    answer = api.query_answer(query_id)
+    if answer is None or answer.params.get("text") != texts.privacy.forget_deleted():
+        lines.append(f"/forget: the press was answered {answer}")
+    (question,) = [m for m in api.messages(FORGETTER) if m.message_id == message_id]
+    if not is_forget_done(question.text or ""):
+        lines.append(f"/forget: the pressed question shows {question.text!r}")
+    questions = [m for m in api.messages(FORGETTER) if explained(chaos, FORGETTER, m)]
+    for job_id, message, status, transcript_id in query(
+        database,
+        "SELECT id, message_id, status, transcript_id FROM jobs"
+        f" WHERE user_id = {FORGETTER} ORDER BY id",
+    ):
+        if transcript_id is not None or status not in ("done", "cancelled"):
+            lines.append(
+                f"/forget: job {job_id} (message {message}) is {status} with transcript "
+                f"{transcript_id}"
+            )
+    for transcript_id, text in query(database, "SELECT id, text FROM transcripts"):
+        if is_transcript_of(str(text), reference):
+            lines.append(f"/forget: transcript {transcript_id} still holds {text!r}")
+    left = {
+        int(row[0]) for row in query(database, f"SELECT id FROM usage WHERE user_id = {FORGETTER}")
+    }
+    if not chaos.forget.usage_before <= left:
+        lines.append(f"/forget: usage rows {sorted(chaos.forget.usage_before - left)} are gone")
+    return Findings(lines, max(0, len(questions) - len(chaos.forget.asked)))

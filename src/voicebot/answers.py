@@ -93,19 +93,38 @@ async def tell_failure(runtime: Runtime, job: Job, message: str) -> None:
 
 
 async def tell_cancelled(runtime: Runtime, job_id: int, *, running: bool) -> None:
-    """Log the stop and show "Cancelled" again: a progress edit may have overtaken the first."""
+    """Log the stop and show "Cancelled" again (a progress edit may have overtaken the first),
+    in a reply of its own when the job had no status message yet."""
     log.info("job_cancelled", job_id=job_id, running=running)
     async with runtime.sessions() as session:
         job = await session.get(Job, job_id)
-    if job is None or job.status_message_id is None:
+    if job is None:
         return
     try:
         async with status_lock(runtime, job_id):
-            await try_edit(
+            if job.status_message_id is not None:
+                await try_edit(
+                    runtime.bot,
+                    chat_id=job.chat_id,
+                    message_id=job.status_message_id,
+                    text=texts.CANCELLED,
+                )
+                return
+            # /forget cancels recordings not acknowledged yet: without this reply the
+            # recording would get no answer at all (a cancelled job never runs again).
+            if job.status_requested_at is not None:
+                log.warning("status_reply_in_doubt", job_id=job_id, chat_id=job.chat_id)
+            message_id = await put_status(
                 runtime.bot,
                 chat_id=job.chat_id,
-                message_id=job.status_message_id,
+                status_message_id=None,
+                reply_to=job.message_id,
                 text=texts.CANCELLED,
+                thread_id=job.thread_id,
             )
     except TelegramAPIError as error:  # for one, the user blocked the bot since
         log.warning("cancel_not_told", job_id=job_id, error=str(error))
+        return
+    async with runtime.sessions() as session:  # told again later, it edits this reply
+        await set_job(session, job_id=job_id, status_message_id=message_id)
+        await session.commit()

@@ -153,6 +153,11 @@ async def _job(runtime: Runtime, job_id: int) -> None:
         return
     async with runtime.sessions() as session:
         job = await session.get(Job, job_id)
+    if job is not None and job.status == JobStatus.cancelled:
+        # Cancelled by a press handled before this task could be stopped: it ends here, and
+        # shows "Cancelled" again (an idempotent edit).
+        await tell_cancelled(runtime, job_id, running=False)
+        return
     if job is None or job.status in FINAL:
         return
     runtime.waiting.add(current)
