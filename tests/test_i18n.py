@@ -23,8 +23,9 @@ from babel.messages.pofile import read_po
 from voicebot import texts
 from voicebot.bot import on_error
 from voicebot.bot.locale import UserLocale
+from voicebot.catalogs import LOCALES_DIR, Catalogs, build_i18n
 from voicebot.db import upgrade_async
-from voicebot.i18n import LOCALES_DIR, SUPPORTED, Catalogs, build_i18n, locale_for
+from voicebot.i18n import SUPPORTED, locale_for
 from voicebot.models import Plan
 from voicebot.quotas import Report, Standing
 

@@ -11,7 +11,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import structlog
-from aiogram.exceptions import TelegramMigrateToChat
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -197,20 +196,18 @@ async def chat_gone(runtime: Runtime, job: Job) -> bool:
     return True
 
 
-async def drop_unreachable(runtime: Runtime, job: Job, error: Exception) -> None:
-    """Telegram refused a send (the bot was removed, the group moved): end the job quietly."""
-    reason = "chat_migrated" if isinstance(error, TelegramMigrateToChat) else "chat_forbidden"
+async def drop_unreachable(
+    runtime: Runtime, job: Job, *, migrated_to: int | None, error: str
+) -> None:
+    """Telegram refused a send (the bot was removed, or the group moved to `migrated_to`): end
+    the job quietly."""
+    reason = "chat_migrated" if migrated_to is not None else "chat_forbidden"
     async with runtime.sessions() as session:
-        if isinstance(error, TelegramMigrateToChat):
-            await migrate(
-                session,
-                old_chat_id=job.chat_id,
-                new_chat_id=error.migrate_to_chat_id,
-                title=None,
-            )
+        if migrated_to is not None:
+            await migrate(session, old_chat_id=job.chat_id, new_chat_id=migrated_to, title=None)
         await drop_job(session, job_id=job.id, reason=reason, now=utcnow())
         await session.commit()
-    log.info("job_dropped", job_id=job.id, chat_id=job.chat_id, reason=reason, error=str(error))
+    log.info("job_dropped", job_id=job.id, chat_id=job.chat_id, reason=reason, error=error)
 
 
 async def group_plan_row(session: AsyncSession, *, chat_id: int) -> User:

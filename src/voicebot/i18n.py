@@ -2,59 +2,23 @@
 
 Every user-facing string is written as `_("…")` or `ngettext("…", "…", n)` from here (in
 `texts/`), translated in the locale of the current context: aiogram's i18n middleware sets it
-per update, and a job's work runs under `I18n.use_locale(job.locale)`. The .po files are
-compiled in memory when the catalogs load, so there is no build step and no stale .mo file.
+per update, and a job's work runs under `use_locale(job.locale)`. The catalogs themselves
+(aiogram's I18n over the .po files) are in `catalogs`.
 """
 
 from __future__ import annotations
 
-import gettext as stdlib_gettext
-import io
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from aiogram.utils.i18n import I18n
-from babel.messages.mofile import write_mo
-from babel.messages.pofile import read_po
+if TYPE_CHECKING:
+    from aiogram.utils.i18n import I18n
 
-LOCALES_DIR = Path(__file__).parent / "locales"
-DOMAIN = "messages"
 DEFAULT_LOCALE = "en"
 #: Interface languages with a complete catalog (a test checks the catalogs match).
 SUPPORTED = ("en", "ru")
-
-
-class Catalogs(I18n):
-    """aiogram's I18n reading the .po catalogs themselves.
-
-    aiogram keeps the current instance per class, so the current one is `Catalogs.get_current()`
-    (`I18n.get_current()` never sees it).
-    """
-
-    def find_locales(self) -> dict[str, stdlib_gettext.GNUTranslations]:
-        """Every locale's catalog, compiled in memory (fuzzy and untranslated entries left out)."""
-        found: dict[str, stdlib_gettext.GNUTranslations] = {}
-        for po in sorted(self.path.glob(f"*/LC_MESSAGES/{self.domain}.po")):
-            locale = po.parent.parent.name
-            with po.open("rb") as source:
-                catalog = read_po(source, locale=locale, domain=self.domain)
-            # write_mo drops an empty msgstr but keeps a plural entry with empty forms (its
-            # msgstr is a tuple), which would make ngettext answer "": gettext falls back to
-            # the English msgid for what is not (fully) translated.
-            for message in list(catalog):
-                if message.id and isinstance(message.string, tuple) and not all(message.string):
-                    catalog.delete(message.id, context=message.context)
-            compiled = io.BytesIO()
-            write_mo(compiled, catalog)
-            compiled.seek(0)
-            found[locale] = stdlib_gettext.GNUTranslations(compiled)
-        return found
-
-
-def build_i18n() -> I18n:
-    """The catalogs, loaded once at start."""
-    return Catalogs(path=LOCALES_DIR, default_locale=DEFAULT_LOCALE, domain=DOMAIN)
 
 
 def locale_for(ui_language: str | None, language_code: str | None) -> str:
@@ -67,16 +31,26 @@ def locale_for(ui_language: str | None, language_code: str | None) -> str:
     return DEFAULT_LOCALE
 
 
+def _current() -> I18n | None:
+    """The catalogs of the current context, if any were built (`catalogs.build_i18n`).
+
+    Looked up through `sys.modules` so that this module (and `texts`) does not import aiogram:
+    the CLI never builds catalogs, speaks English, and starts 2 s sooner without it.
+    """
+    catalogs = sys.modules.get("voicebot.catalogs")
+    return None if catalogs is None else catalogs.Catalogs.get_current(no_error=True)
+
+
 def current_locale() -> str:
     """The locale of the current context (English outside any)."""
-    i18n = Catalogs.get_current(no_error=True)
+    i18n = _current()
     return i18n.current_locale if i18n is not None else DEFAULT_LOCALE
 
 
 @contextmanager
 def use_locale(locale: str | None) -> Iterator[None]:
     """Texts in `locale` (None: English) within the block, under the current I18n if any."""
-    i18n = Catalogs.get_current(no_error=True)
+    i18n = _current()
     if i18n is None:
         yield
         return
@@ -86,7 +60,7 @@ def use_locale(locale: str | None) -> Iterator[None]:
 
 def gettext(message: str) -> str:
     """`message` in the current locale."""
-    i18n = Catalogs.get_current(no_error=True)
+    i18n = _current()
     return i18n.gettext(message) if i18n is not None else message
 
 
@@ -95,7 +69,7 @@ _ = gettext
 
 def ngettext(singular: str, plural: str, n: int) -> str:
     """The form of `singular`/`plural` for the count `n` in the current locale."""
-    i18n = Catalogs.get_current(no_error=True)
+    i18n = _current()
     if i18n is None:
         return singular if n == 1 else plural
     return i18n.gettext(singular, plural, n)

@@ -402,7 +402,9 @@ async def _download(runtime: Runtime, job: Job) -> bytes:
 async def _fail(runtime: Runtime, job: Job, error: BaseException) -> None:
     """Record the failure and what the user is told, then tell them in their status message."""
     if isinstance(error, TelegramForbiddenError | TelegramMigrateToChat):
-        await drop_unreachable(runtime, job, error)  # the bot cannot write there any more
+        # The bot cannot write there any more.
+        moved = error.migrate_to_chat_id if isinstance(error, TelegramMigrateToChat) else None
+        await drop_unreachable(runtime, job, migrated_to=moved, error=str(error))
         return
     permanent = isinstance(error, BadAudioError | _GaveUpError | QuotaExceededError | BannedError)
     message = str(error) if isinstance(error, VoicebotError) else texts.FAILED

@@ -17,13 +17,14 @@ from aiogram.utils.i18n import I18n
 from voicebot import cancels, positions, privacy, texts
 from voicebot.bot import build_dispatcher
 from voicebot.bot.admin import admin_menu, set_admin_menus
+from voicebot.catalogs import build_i18n
 from voicebot.chatadmins import ChatAdmins
 from voicebot.config import Settings
 from voicebot.db import build_engine as build_db_engine
 from voicebot.db import build_sessions, upgrade_async
 from voicebot.engine import build_engine
 from voicebot.errors import ConfigError
-from voicebot.i18n import DEFAULT_LOCALE, SUPPORTED, build_i18n
+from voicebot.i18n import DEFAULT_LOCALE, SUPPORTED
 from voicebot.jobs import Runtime, build_broker, recover
 from voicebot.polling import poll
 from voicebot.ratelimits import build_limiters
