@@ -644,11 +644,13 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
     problems.lines += language.lines + forget.lines
     elapsed = time.monotonic() - began
     cancelled = sum(1 for row in rows if row[3] == "cancelled")
+    forgetters = {(s.chat_id, s.message_id) for s in chaos.sent if s.user_id == FORGETTER}
+    forgotten = sum(1 for row in rows if row[3] == "cancelled" and row[1:3] in forgetters)
     in_group = sum(1 for s in chaos.sent if s.chat_id == GROUP)
     print(
         f"{len(chaos.sent)} media messages ({in_group} in the group), {len(rounds)} kills, "
         f"{problems.orphans} orphan status replies (logged in doubt), "
-        f"{len(chaos.pressed)} Cancel presses ({cancelled} cancelled), "
+        f"{len(chaos.pressed)} Cancel presses ({cancelled} cancelled, {forgotten} by /forget), "
         f"{language.actions} language changes ({language.orphans} answered twice), "
         f"/forget {'pressed' if chaos.forget.pressed else 'never pressed'} "
         f"({forget.orphans} questions asked twice), {elapsed:.0f}s"
@@ -874,7 +876,7 @@ def check_forget(api: GroupFakeBotAPI, chaos: Chaos, database: Path, reference: 
     ):
         if transcript_id is not None or status not in ("done", "cancelled"):
             lines.append(
-                f"/forget: job {job_id} (message {message}) is {status} with transcript "
+                f"/forget: job {job_id} (message {message}) is {status} and links transcript "
                 f"{transcript_id}"
             )
     for transcript_id, text in query(database, "SELECT id, text FROM transcripts"):

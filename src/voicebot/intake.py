@@ -196,6 +196,9 @@ async def _store(
         groups = {chat_id for chat_id, _ in senders if chat_id < 0}
         users = await lock_users(session, user_ids=sorted(set(senders.values()) | groups))
         counts = await count_active(session, user_ids=list(users))
+        decide = partial(
+            admit, session, counts=counts, settings=settings, limiters=limiters, now=now
+        )
         seen = await existing_jobs(session, keys=list(senders))
         chats = await chats_by_id(session, chat_ids=list({key[0] for key in senders}))
         for message, media in items:
@@ -206,15 +209,8 @@ async def _store(
             user = users[senders[key]]
             locale = locale_for(user.ui_language, user.language_code)
             with use_locale(locale):  # a refusal is told in the sender's language
-                admission = await admit(
-                    session,
-                    user=user,
-                    duration=media.duration,
-                    counts=counts,
-                    settings=settings,
-                    limiters=limiters,
-                    now=now,
-                    group=users.get(key[0]) if key[0] < 0 else None,
+                admission = await decide(
+                    user=user, duration=media.duration, group=_group(users, key)
                 )
             if admission.refusal is not None:
                 log.info("job_refused", user_id=user.id, reason=admission.refusal[:60])
@@ -276,6 +272,11 @@ async def _upsert_senders(
     return senders
 
 
+def _group(users: dict[int, User], key: tuple[int, int]) -> User | None:
+    """The row of the group a job is in (it may carry a plan), if the chat is a group."""
+    return users.get(key[0]) if key[0] < 0 else None
+
+
 def job_settings(message: Message, *, user: User, chat: Chat) -> dict[str, object]:
     """What a job keeps of its sender's and chat's settings when it is accepted."""
     private = chat.type == "private"
@@ -324,6 +325,9 @@ async def _store_translations(
         groups = {asked.source.chat_id for asked in translations if asked.source.chat_id < 0}
         users = await lock_users(session, user_ids=sorted({r.user_id for r in rows} | groups))
         counts = await count_active(session, user_ids=list(users))
+        decide = partial(
+            admit, session, counts=counts, settings=settings, limiters=limiters, now=now
+        )
         keys = [
             (asked.source.chat_id, asked.source.status_message_id or 0) for asked in translations
         ]
@@ -337,15 +341,8 @@ async def _store_translations(
                         PressAnswer(asked.query, texts.outputs.translation_pending(), False)
                     )
                     continue
-                admission = await admit(
-                    session,
-                    user=user,
-                    duration=asked.duration,
-                    counts=counts,
-                    settings=settings,
-                    limiters=limiters,
-                    now=now,
-                    group=users.get(key[0]) if key[0] < 0 else None,
+                admission = await decide(
+                    user=user, duration=asked.duration, group=_group(users, key)
                 )
                 if admission.refusal is not None:
                     log.info("translation_refused", user_id=user.id, reason=admission.refusal[:60])
