@@ -651,7 +651,8 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
         f"{len(chaos.sent)} media messages ({in_group} in the group), {len(rounds)} kills, "
         f"{problems.orphans} orphan status replies (logged in doubt), "
         f"{len(chaos.pressed)} Cancel presses ({cancelled} cancelled, {forgotten} by /forget), "
-        f"{language.actions} language changes ({language.orphans} answered twice), "
+        f"{language.actions} language changes ({language.orphans} answered twice, "
+        f"{language.jobs} later jobs in English), "
         f"/forget {'pressed' if chaos.forget.pressed else 'never pressed'} "
         f"({forget.orphans} questions asked twice), {elapsed:.0f}s"
     )
@@ -675,11 +676,13 @@ def forget_settled(api: GroupFakeBotAPI, chaos: Chaos) -> bool:
 @dataclass
 class Findings:
     """What is wrong, one line each, and how many allowed leftovers (orphans, repeats) there are;
-    `actions` counts what a check covered, where it says so."""
+    `actions` counts the user actions a check covered, where it says so."""
 
     lines: list[str]
     orphans: int
     actions: int = 0
+    #: Jobs a check looked at beyond the chats' media (the language: those accepted after it).
+    jobs: int = 0
 
 
 def explained(chaos: Chaos, chat_id: int, message: SentMessage) -> str | None:
@@ -852,7 +855,8 @@ def check_language(api: GroupFakeBotAPI, chaos: Chaos, database: Path) -> Findin
             )
     actions = sum(1 for text in chaos.commands.values() if text == "/language en")
     actions += sum(len(presses) for presses in chaos.language_presses.values())
-    return Findings(lines, repeats, actions)
+    later = sum(1 for s in chaos.sent if s.language is not None)
+    return Findings(lines, repeats, actions, later)
 
 
 def check_forget(api: GroupFakeBotAPI, chaos: Chaos, database: Path, reference: str) -> Findings:

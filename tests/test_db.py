@@ -26,7 +26,7 @@ from voicebot.models import (
     count_ahead,
     existing_jobs,
     set_job,
-    unfinished_job_ids,
+    untold_job_ids,
     upsert_senders,
     utcnow,
 )
@@ -230,7 +230,8 @@ async def test_a_message_is_one_job_only(sessions: Sessions) -> None:
 
 
 async def test_queue_queries(sessions: Sessions) -> None:
-    """count_ahead and unfinished_job_ids see only jobs not answered yet."""
+    """count_ahead and untold_job_ids see only jobs not answered yet (and untold_job_ids the
+    cancelled ones never told)."""
     await add_user(sessions, 10)
     statuses = [
         JobStatus.queued,
@@ -239,6 +240,7 @@ async def test_queue_queries(sessions: Sessions) -> None:
         JobStatus.failed,
         JobStatus.transcribed,
         JobStatus.queued,
+        JobStatus.cancelled,
     ]
     async with sessions() as session:
         jobs = [
@@ -249,14 +251,16 @@ async def test_queue_queries(sessions: Sessions) -> None:
         await session.commit()
         ids = [j.id for j in jobs]
         assert ids == sorted(ids)
-        assert await unfinished_job_ids(session) == [ids[0], ids[1], ids[4], ids[5]]
+        # The cancelled one (by /forget, before its first reply) is still to be told so.
+        assert await untold_job_ids(session) == [ids[0], ids[1], ids[4], ids[5], ids[6]]
         ahead = [await count_ahead(session, job_id=i, max_wait=300, now=utcnow()) for i in ids]
         # The running and transcribed jobs hold slots; queued ones count in order of arrival.
-        assert ahead == [2, 2, 3, 3, 2, 3]
+        assert ahead[:6] == [2, 2, 3, 3, 2, 3]
 
         await set_job(session, job_id=ids[0], status=JobStatus.done)
+        await set_job(session, job_id=ids[6], status_message_id=99)  # told
         await session.commit()
-        assert await unfinished_job_ids(session) == [ids[1], ids[4], ids[5]]
+        assert await untold_job_ids(session) == [ids[1], ids[4], ids[5]]
         assert await count_ahead(session, job_id=ids[5], max_wait=300, now=utcnow()) == 2
 
 

@@ -330,6 +330,34 @@ async def test_privacy_and_forget_leave_no_text_keep_usage_and_the_cache_misses(
     assert len(log_events(bot, "job_cached")) == 1  # the friend's, before the forget
 
 
+async def test_a_recording_sent_just_before_forget_in_the_same_batch_is_cancelled(
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, note: bytes
+) -> None:
+    """A recording, the /forget confirmation and another recording reach the bot in one batch
+    (it was down): the first is cancelled like everything recorded before the forget, the one
+    sent after it is transcribed."""
+    bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en")
+    await bot.start()
+    api.send_text(USER, "/forget")
+    question = await bot_says(api, USER, texts.privacy.forget_confirm())
+    assert await bot.stop() == 0, bot.output()
+
+    before = api.send_voice(USER, note, duration=4)
+    pressed = api.press_button(USER, question.message_id, f"forget:yes:{USER}")
+    after = api.send_voice(USER, note, duration=4)
+    await bot.start()
+    await api.wait_for(lambda: api.query_answer(pressed) is not None, 30, "the confirmation")
+    await answered(api, USER, after, PHRASE)
+    told = await answered(api, USER, before, "cancelled")
+    assert told == texts.CANCELLED
+    assert await bot.stop() == 0, bot.output()
+    assert rows(tmp_path, "SELECT message_id, status, transcript_id FROM jobs ORDER BY id")[:2] == [
+        (before, "cancelled", None),
+        (after, "done", 1),
+    ]
+    assert rows(tmp_path, "SELECT count(*) FROM usage") == [(1,)]  # the cancelled one is free
+
+
 async def test_the_running_bot_purges_transcripts_past_the_retention(
     api: FakeBotAPI, tmp_path: Path, model_cache: Path, note: bytes
 ) -> None:

@@ -138,3 +138,25 @@ async def test_recorded_failure_is_told_once(
     (reply,) = visible_replies(api, sent)
     assert reply.text == texts.UNAVAILABLE
     assert api.calls_of("downloadFile") == []
+
+
+async def test_job_cancelled_before_its_first_reply_is_told_on_the_next_start(
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, corpus: Path
+) -> None:
+    """Cancelled (by /forget) before any status reply, then killed: "Cancelled." once, no work."""
+    sent, bot = await recover(
+        api, tmp_path, model_cache, corpus, status="cancelled", finished_at="2026-11-27 00:00:02"
+    )
+    await api.wait_for(lambda: bool(visible_replies(api, sent)), 30, "the cancel told")
+    await api.wait_for(lambda: job_state(tmp_path)[0][1] is not None, 10, "its reply recorded")
+    assert await bot.stop() == 0, bot.output()
+    (reply,) = visible_replies(api, sent)
+    assert reply.text == texts.CANCELLED
+    assert job_state(tmp_path) == [("cancelled", reply.message_id)]
+    assert api.calls_of("getFile") == []
+
+    # Told once: a later start finds it told and sends nothing more.
+    await bot.start()
+    await api.wait_for(lambda: bool(api.calls_of("getUpdates")[1:]), 30, "the second start")
+    assert await bot.stop() == 0, bot.output()
+    assert visible_replies(api, sent) == [reply]

@@ -61,7 +61,14 @@ async def deliver_transcript(runtime: Runtime, job: Job) -> None:
             reply_markup=outputs.keyboard(job, stored),
         )
     async with runtime.sessions() as session:
-        await set_job(session, job_id=job.id, status=JobStatus.done, finished_at=utcnow())
+        # Not over a cancel that /forget made meanwhile (its transcript is gone): it stays so.
+        await set_job_if(
+            session,
+            job_id=job.id,
+            statuses=ACTIVE,
+            status=JobStatus.done,
+            finished_at=utcnow(),
+        )
         await session.commit()
     log.info("job_delivered", job_id=job.id, parts=len(parts) + (1 if document else 0))
 
@@ -114,6 +121,9 @@ async def tell_cancelled(runtime: Runtime, job_id: int, *, running: bool) -> Non
             # recording would get no answer at all (a cancelled job never runs again).
             if job.status_requested_at is not None:
                 log.warning("status_reply_in_doubt", job_id=job_id, chat_id=job.chat_id)
+            async with runtime.sessions() as session:  # as for any status reply: see `status`
+                await set_job(session, job_id=job_id, status_requested_at=utcnow())
+                await session.commit()
             message_id = await put_status(
                 runtime.bot,
                 chat_id=job.chat_id,

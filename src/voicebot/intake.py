@@ -7,6 +7,7 @@ Telegram only after `record` returned, so an update is never confirmed before it
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -16,13 +17,14 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from voicebot import texts
-from voicebot.admission import admit, count_active
+from voicebot.admission import Admission, admit, count_active
 from voicebot.config import Settings
 from voicebot.db import Sessions
 from voicebot.i18n import DEFAULT_LOCALE, locale_for, use_locale
 from voicebot.models import (
     Chat,
     Job,
+    JobStatus,
     Sender,
     User,
     chats_by_id,
@@ -58,6 +60,10 @@ class Intake:
     accepted: dict[tuple[int, int], tuple[Message, Media]] = field(default_factory=dict)
     #: Translate presses, by the transcript message they were pressed on (see `Translation`).
     translations: dict[tuple[int, int], Translation] = field(default_factory=dict)
+    #: The update id of each message of the batch (see `sort`), and of each user's confirmed
+    #: /forget in it (see `forget`).
+    update_ids: dict[tuple[int, int], int] = field(default_factory=dict)
+    forgotten: dict[int, int] = field(default_factory=dict)
 
     def accept(self, message: Message, media: Media) -> None:
         """Take `message` for transcription; it becomes a job when the batch is recorded."""
@@ -72,11 +78,23 @@ class Intake:
         key = (source.chat_id, source.status_message_id)
         self.translations.setdefault(key, Translation(query, source, language, duration))
 
-    def sort(self, arrival: list[tuple[int, int]]) -> None:
-        """Put the accepted messages in arrival order (handlers finish in any order)."""
-        rank = {key: index for index, key in enumerate(arrival)}
-        ordered = sorted(self.accepted.items(), key=lambda item: rank.get(item[0], len(rank)))
+    def sort(self, arrival: dict[tuple[int, int], int]) -> None:
+        """Put the accepted messages in arrival order (handlers finish in any order), given the
+        update id of each message of the batch."""
+        self.update_ids = arrival
+        last = max(arrival.values(), default=0) + 1
+        ordered = sorted(self.accepted.items(), key=lambda item: arrival.get(item[0], last))
         self.accepted = dict(ordered)
+
+    def forget(self, user_id: int, *, update_id: int) -> None:
+        """Note that `user_id` confirmed /forget in update `update_id` of this batch (committed
+        already): their media of the batch sent before it are recorded as cancelled."""
+        self.forgotten[user_id] = max(update_id, self.forgotten.get(user_id, update_id))
+
+    def forgot_before(self, user_id: int, key: tuple[int, int]) -> bool:
+        """Whether `user_id` confirmed /forget in this batch after sending message `key`."""
+        at, sent = self.forgotten.get(user_id), self.update_ids.get(key)
+        return at is not None and sent is not None and sent < at
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +127,9 @@ class Recorded:
     answers: list[PressAnswer] = field(default_factory=list)
 
 
+ForgotBefore = Callable[[int, tuple[int, int]], bool]
+"""Whether a user confirmed /forget in the batch after sending a message (see `Intake`)."""
+
 # Errors that say the database is unreachable or busy, not that this data is wrong: the batch
 # is left unconfirmed and fetched again.
 TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
@@ -120,7 +141,11 @@ async def record(
     """Decide on and commit the batch's jobs, media first, then translations (`_record_media`,
     `record_translations`); a redelivery adds nothing."""
     media = await _record_media(
-        sessions, list(intake.accepted.values()), settings=settings, limiters=limiters
+        sessions,
+        list(intake.accepted.values()),
+        forgot_before=intake.forgot_before,
+        settings=settings,
+        limiters=limiters,
     )
     if not intake.translations:
         return media
@@ -134,6 +159,7 @@ async def _record_media(
     sessions: Sessions,
     items: list[tuple[Message, Media]],
     *,
+    forgot_before: ForgotBefore,
     settings: Settings,
     limiters: Limiters,
 ) -> Recorded:
@@ -145,7 +171,9 @@ async def _record_media(
     """
     if not items:
         return Recorded([], [])
-    store = partial(_store, sessions, settings=settings, limiters=limiters)
+    store = partial(
+        _store, sessions, forgot_before=forgot_before, settings=settings, limiters=limiters
+    )
     try:
         return await store(items)
     except TRANSIENT_DB_ERRORS:
@@ -182,6 +210,7 @@ async def _store(
     sessions: Sessions,
     items: list[tuple[Message, Media]],
     *,
+    forgot_before: ForgotBefore,
     settings: Settings,
     limiters: Limiters,
 ) -> Recorded:
@@ -207,15 +236,22 @@ async def _store(
                 log.info("duplicate_update", chat_id=key[0], message_id=key[1])
                 continue
             user = users[senders[key]]
-            locale = locale_for(user.ui_language, user.language_code)
-            with use_locale(locale):  # a refusal is told in the sender's language
-                admission = await decide(
-                    user=user, duration=media.duration, group=_group(users, key)
-                )
-            if admission.refusal is not None:
-                log.info("job_refused", user_id=user.id, reason=admission.refusal[:60])
-                refused.append(Refusal(message, admission.refusal, locale))
-                continue
+            if forgot_before(user.id, key):
+                # Sent before its sender's /forget of this batch, which cancelled everything of
+                # theirs recorded until then: recorded cancelled too (and told so, by its task).
+                admission = Admission(priority=0, reserve=0.0)
+                forgotten = {"status": JobStatus.cancelled, "finished_at": now}
+            else:
+                locale = locale_for(user.ui_language, user.language_code)
+                with use_locale(locale):  # a refusal is told in the sender's language
+                    admission = await decide(
+                        user=user, duration=media.duration, group=_group(users, key)
+                    )
+                if admission.refusal is not None:
+                    log.info("job_refused", user_id=user.id, reason=admission.refusal[:60])
+                    refused.append(Refusal(message, admission.refusal, locale))
+                    continue
+                forgotten = {}
             chat = chats[key[0]]
             job_id = await insert_job(
                 session,
@@ -227,11 +263,12 @@ async def _store(
                 file_id=media.file_id,
                 file_unique_id=media.file_unique_id,
                 file_size=media.file_size,
-                file_name=media.file_name[:256] if media.file_name else None,
+                file_name=media.file_name[:256] if media.file_name and not forgotten else None,
                 mime_type=media.mime_type[:128] if media.mime_type else None,
                 duration=media.duration,
                 priority=admission.priority,
                 reserved_seconds=admission.reserve,
+                **forgotten,
             )
             if job_id is not None:
                 job_ids.append(job_id)

@@ -58,7 +58,7 @@ from voicebot.models import (
     as_utc,
     set_job,
     set_job_if,
-    unfinished_job_ids,
+    untold_job_ids,
     utcnow,
 )
 from voicebot.quotas import ROUNDING_SECONDS, charge, group_of, is_admin, lock_user, standing
@@ -122,7 +122,7 @@ def build_broker(runtime: Runtime) -> AsyncBroker:
 async def recover(runtime: Runtime) -> int:
     """Queue again every job accepted but not answered before the last stop."""
     async with runtime.sessions() as session:
-        ids = await unfinished_job_ids(session)
+        ids = await untold_job_ids(session)
     for job_id in ids:
         await runtime.kick(job_id)
     if ids:

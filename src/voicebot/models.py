@@ -308,7 +308,13 @@ async def insert_job(session: AsyncSession, **values: Any) -> int | None:
     found = await session.execute(
         _insert_for(session)(Job)
         .values(
-            status=JobStatus.queued, attempts=0, delivered_parts=0, created_at=utcnow(), **values
+            **{
+                "status": JobStatus.queued,
+                "attempts": 0,
+                "delivered_parts": 0,
+                "created_at": utcnow(),
+                **values,
+            }
         )
         .on_conflict_do_nothing(index_elements=[Job.chat_id, Job.message_id])
         .returning(Job.id)
@@ -404,9 +410,19 @@ async def _turn_of(session: AsyncSession, *, user_id: int, job_id: int, since: d
     return int(found or 0)
 
 
-async def unfinished_job_ids(session: AsyncSession) -> list[int]:
-    """Jobs accepted but not answered yet, oldest first."""
-    found = await session.execute(select(Job.id).where(Job.status.in_(ACTIVE)).order_by(Job.id))
+async def untold_job_ids(session: AsyncSession) -> list[int]:
+    """Jobs whose user has not seen their end, oldest first: the unfinished ones, and those
+    cancelled before their first reply (by /forget), whose "Cancelled" is still to be shown."""
+    found = await session.execute(
+        select(Job.id)
+        .where(
+            or_(
+                Job.status.in_(ACTIVE),
+                and_(Job.status == JobStatus.cancelled, Job.status_message_id.is_(None)),
+            )
+        )
+        .order_by(Job.id)
+    )
     return list(found.scalars())
 
 

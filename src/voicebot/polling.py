@@ -101,7 +101,9 @@ async def handle_batch(runtime: Runtime, dispatcher: Dispatcher, batch: list[Any
             # The error handler already answered; this is a failure inside it. Move on.
             log.error("update_failed", update_id=update.update_id, error=repr(result))
     # First come, first decided: quotas and limits favour the earlier message.
-    intake.sort([(u.message.chat.id, u.message.message_id) for u in updates if u.message])
+    intake.sort(
+        {(u.message.chat.id, u.message.message_id): u.update_id for u in updates if u.message}
+    )
     fed = time.monotonic()
     recorded = await record(
         runtime.sessions, intake, settings=runtime.settings, limiters=runtime.limiters

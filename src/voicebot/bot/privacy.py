@@ -6,10 +6,17 @@ import structlog
 from aiogram import F, Router
 from aiogram.exceptions import TelegramAPIError
 from aiogram.filters import Command
-from aiogram.types import CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup, Message
+from aiogram.types import (
+    CallbackQuery,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    Message,
+    Update,
+)
 
 from voicebot import cache, cancels, privacy, texts
 from voicebot.delivery import edit_text
+from voicebot.intake import Intake
 from voicebot.jobs import Runtime
 from voicebot.models import utcnow
 
@@ -63,7 +70,9 @@ async def on_forget_in_group(message: Message) -> None:
     await message.reply(texts.privacy.forget_private_only())
 
 
-async def on_forget_button(query: CallbackQuery, runtime: Runtime) -> None:
+async def on_forget_button(
+    query: CallbackQuery, runtime: Runtime, intake: Intake, event_update: Update
+) -> None:
     """Delete the presser's data if they pressed their own confirmation; every press is answered."""
     choice, _, owner = (query.data or "").removeprefix(FORGET_PREFIX).partition(":")
     if not owner.isdigit() or int(owner) != query.from_user.id or choice not in ("yes", "no"):
@@ -78,6 +87,8 @@ async def on_forget_button(query: CallbackQuery, runtime: Runtime) -> None:
     async with runtime.sessions() as session:
         forgotten = await privacy.forget(session, user_id=query.from_user.id, now=utcnow())
         await session.commit()
+    # What they sent just before, in this same batch, is recorded after this: cancelled too.
+    intake.forget(query.from_user.id, update_id=event_update.update_id)
     for job_id in forgotten.cancelled:
         # Here now; the other processes' `cancels.watch` stops theirs.
         cancels.stop(runtime, job_id)
