@@ -229,6 +229,18 @@ async def ui_language(session: AsyncSession, *, user_id: int) -> str | None:
     return found
 
 
+async def ui_languages(session: AsyncSession, *, user_ids: list[int]) -> dict[int, str | None]:
+    """The interface language each of these users chose (None: none, or not a user yet)."""
+    found = await session.execute(
+        select(User.id, User.ui_language).where(
+            User.id.in_(user_ids), User.ui_language.is_not(None)
+        )
+    )
+    chosen: dict[int, str | None] = dict.fromkeys(user_ids)
+    chosen.update({user_id: ui_language for user_id, ui_language in found})
+    return chosen
+
+
 async def set_ui_language(
     session: AsyncSession, *, sender: Sender, ui_language: str | None
 ) -> None:

@@ -19,10 +19,11 @@ import structlog
 from aiogram import Bot, Dispatcher
 from aiogram.exceptions import ClientDecodeError, TelegramAPIError
 from aiogram.methods import TelegramMethod
-from aiogram.types import Update
+from aiogram.types import Update, User
 from aiogram.utils.backoff import Backoff, BackoffConfig
 from pydantic import ValidationError
 
+from voicebot.groups import ui_languages
 from voicebot.intake import TRANSIENT_DB_ERRORS, Intake, Refusal, record
 from voicebot.jobs import Runtime
 from voicebot.outputs import answer_press
@@ -92,8 +93,19 @@ async def handle_batch(runtime: Runtime, dispatcher: Dispatcher, batch: list[Any
     ]
     updates = [update for item in batch if (update := parse_update(item, bot)) is not None]
     intake = Intake()
+    # The batch's senders' interface languages in one read, for the locale middleware.
+    speakers = [sender.id for update in updates if (sender := sender_of(update)) is not None]
+    try:
+        async with runtime.sessions() as session:
+            languages = await ui_languages(session, user_ids=speakers) if speakers else {}
+    except TRANSIENT_DB_ERRORS as error:
+        log.warning("locales_not_read", error=repr(error))  # each update reads its own
+        languages = {}
     results = await asyncio.gather(
-        *(dispatcher.feed_update(bot, update, intake=intake) for update in updates),
+        *(
+            dispatcher.feed_update(bot, update, intake=intake, ui_languages=languages)
+            for update in updates
+        ),
         return_exceptions=True,
     )
     for update, result in zip(updates, results, strict=True):
@@ -138,6 +150,15 @@ async def tell_refusal(runtime: Runtime, refusal: Refusal) -> None:
         await message.reply(refusal.text)
     except TelegramAPIError as error:
         log.warning("refusal_not_told", chat_id=message.chat.id, error=str(error))
+
+
+def sender_of(update: Update) -> User | None:
+    """Who sent a message or pressed a button (the updates whose handlers say something)."""
+    if update.message is not None:
+        return update.message.from_user
+    if update.callback_query is not None:
+        return update.callback_query.from_user
+    return None
 
 
 def parse_update(item: Any, bot: Bot) -> Update | None:

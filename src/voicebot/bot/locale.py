@@ -1,9 +1,10 @@
 """The interface language of each update: the user's /settings choice, else Telegram's.
 
 Registered on the dispatcher for every event type, the error handler's included, so whatever a
-handler or `on_error` says is in the sender's language. The choice (`users.ui_language`) costs
-one primary-key read per update; media messages skip it, since their handlers only accept the
-job (what the job says later is in `jobs.locale`, decided from the same row at acceptance).
+handler or `on_error` says is in the sender's language. The choice (`users.ui_language`) is read
+once per batch for all its senders by the polling loop (`ui_languages` in the handler data), else
+by one primary-key read; media messages skip it, since their handlers only accept the job (what
+the job says later is in `jobs.locale`, decided from the same row at acceptance).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class UserLocale(I18nMiddleware):
 
 async def _chosen(data: dict[str, Any], user_id: int) -> str | None:
     """The language the user chose in /settings (None: none, or the database is unreachable)."""
+    known: dict[int, str | None] = data.get("ui_languages") or {}
+    if user_id in known:  # read for the whole batch by the polling loop
+        return known[user_id]
     runtime = data.get("runtime")
     if runtime is None:
         return None
