@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
-.PHONY: run test lint format bench sync uv locales
+.PHONY: run test test-tools lint format bench sync uv locales
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
@@ -14,8 +14,19 @@ sync: uv
 run: sync
 	$(UV) run voicebot run
 
-test: sync
+test: sync test-tools
 	$(UV) run pytest
+
+# Tools the tests check operator files with (tests/test_deploy.py; a missing one fails in CI):
+# nginx for `nginx -t`, openssl for its test certificate. Debian's packages, as root.
+test-tools:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				nginx-light openssl >/dev/null; \
+		else \
+			echo "nginx is missing: install Debian's nginx-light as root"; \
+		fi; }
 
 lint: sync
 	$(UV) run ruff check src tests benchmarks

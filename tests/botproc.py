@@ -25,6 +25,8 @@ class BotProcess:
             "MODEL_CACHE_DIR": str(model_cache),
             "LOG_FORMAT": "json",
             "PROGRESS_INTERVAL_SECONDS": "1",
+            # No HTTP app unless a test asks for one on a port of its own: bots run side by side.
+            "HTTP_PORT": "0",
             **env,
         }
         self.process: asyncio.subprocess.Process | None = None

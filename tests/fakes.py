@@ -210,6 +210,7 @@ class FakeBotAPI:
         self._queries: dict[str, _Query] = {}
         self._query_seq = itertools.count(1)
         self._charges: dict[str, _Charge] = {}
+        self._held: dict[str, asyncio.Event] = {}
         handlers: dict[str, _Handler] = {
             "getMe": self._get_me,
             "getUpdates": self._get_updates,
@@ -284,6 +285,15 @@ class FakeBotAPI:
             default = "Bad Request: injected failure"
         err = ApiError(status, description or default, params)
         self._failures[method.lower()].extend([err] * times)
+
+    def hold(self, method: str) -> None:
+        """Keep calls of ``method`` waiting (recorded, unanswered) until ``release(method)``."""
+        self._held.setdefault(method.lower(), asyncio.Event())
+
+    def release(self, method: str) -> None:
+        """Answer the held calls of ``method``, and the later ones at once."""
+        if (gate := self._held.pop(method.lower(), None)) is not None:
+            gate.set()
 
     def add_file(self, data: bytes, *, file_path: str | None = None) -> tuple[str, str]:
         """Register downloadable bytes; return ``(file_id, file_unique_id)``.
@@ -517,6 +527,8 @@ class FakeBotAPI:
         name, handler = self._handlers.get(raw_name.lower(), (raw_name, None))
         params = await _read_params(request)
         self.calls.append(Call(name, params, time.monotonic()))
+        if (gate := self._held.get(name.lower())) is not None:
+            await gate.wait()
         if failures := self._failures.get(name.lower()):
             return _error_response(failures.popleft())
         if handler is None:

@@ -26,6 +26,8 @@ class Admission:
     refusal: str | None = None
     priority: int = 0
     reserve: float = 0.0
+    #: Why it was refused, for metrics (see `metrics.REFUSAL_REASONS`).
+    reason: str = ""
 
 
 @dataclass
@@ -72,11 +74,13 @@ async def admit(
     if is_admin(settings, user.id):
         return Admission(priority=1, reserve=duration or 0.0)
     if user.banned:
-        return Admission(texts.BANNED)
+        return Admission(texts.BANNED, reason="banned")
     if counts.by_user.get(user.id, 0) >= settings.user_max_active_jobs:
-        return Admission(texts.too_many_active(settings.user_max_active_jobs))
+        return Admission(
+            texts.too_many_active(settings.user_max_active_jobs), reason="too_many_active"
+        )
     if counts.total >= settings.max_queue_size:
-        return Admission(texts.QUEUE_FULL)
+        return Admission(texts.QUEUE_FULL, reason="queue_full")
     need = duration or 0.0
     if daily_allowance(settings, user, now, group) is not None:
         where = await standing(session, user=user, settings=settings, now=now, group=group)
@@ -85,11 +89,15 @@ async def admit(
         if left is not None and (need > left or left <= 0):
             purchases = bool(settings.stars_packages)
             return Admission(
-                texts.quota_refused(need, left, where.resets_at, settings.quota_timezone, purchases)
+                texts.quota_refused(
+                    need, left, where.resets_at, settings.quota_timezone, purchases
+                ),
+                reason="quota",
             )
     exceeded = await take_job(limiters, user_id=user.id)
     if exceeded is not None:
         return Admission(
-            texts.rate_limited(exceeded.scope, exceeded.per_minute, exceeded.retry_after)
+            texts.rate_limited(exceeded.scope, exceeded.per_minute, exceeded.retry_after),
+            reason="rate_limit",
         )
     return Admission(priority=priority_of(settings, user, now, group), reserve=need)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import structlog
@@ -47,6 +48,7 @@ async def deliver_transcript(runtime: Runtime, job: Job) -> None:
             )
             await session.commit()
 
+    sending = time.monotonic()
     async with status_lock(runtime, job.id):
         await deliver(
             runtime.bot,
@@ -60,9 +62,10 @@ async def deliver_transcript(runtime: Runtime, job: Job) -> None:
             thread_id=job.thread_id,
             reply_markup=outputs.keyboard(job, stored),
         )
+    runtime.metrics.delivery.observe(time.monotonic() - sending)
     async with runtime.sessions() as session:
         # Not over a cancel that /forget made meanwhile (its transcript is gone): it stays so.
-        await set_job_if(
+        delivered = await set_job_if(
             session,
             job_id=job.id,
             statuses=ACTIVE,
@@ -70,6 +73,8 @@ async def deliver_transcript(runtime: Runtime, job: Job) -> None:
             finished_at=utcnow(),
         )
         await session.commit()
+    if delivered:
+        runtime.metrics.job_done()
     log.info("job_delivered", job_id=job.id, parts=len(parts) + (1 if document else 0))
 
 
@@ -89,7 +94,7 @@ async def tell_failure(runtime: Runtime, job: Job, message: str) -> None:
     except TelegramAPIError as notify_error:
         log.warning("failure_not_told", job_id=job.id, error=str(notify_error))
     async with runtime.sessions() as session:
-        await set_job_if(
+        failed = await set_job_if(
             session,
             job_id=job.id,
             statuses=ACTIVE,
@@ -97,12 +102,15 @@ async def tell_failure(runtime: Runtime, job: Job, message: str) -> None:
             finished_at=utcnow(),
         )
         await session.commit()
+    if failed:
+        runtime.metrics.job_failed(job.error_code or "")
 
 
 async def tell_cancelled(runtime: Runtime, job_id: int, *, running: bool) -> None:
     """Log the stop and show "Cancelled" again (a progress edit may have overtaken the first),
     in a reply of its own when the job had no status message yet."""
     log.info("job_cancelled", job_id=job_id, running=running)
+    runtime.metrics.job_cancelled()
     async with runtime.sessions() as session:
         job = await session.get(Job, job_id)
     if job is None:

@@ -216,6 +216,8 @@ async def answer(runtime: Runtime, job: Job, started: float, *, sha256: str | No
                 ttl_days=ttl,
             )
         if hit is None:
+            if sha256 is not None and ttl > 0:  # the last lookup of a job
+                runtime.metrics.cache_misses.inc()
             return False
         try:
             if not await record_hit(
@@ -227,6 +229,7 @@ async def answer(runtime: Runtime, job: Job, started: float, *, sha256: str | No
             # The transcript expired and was purged since the lookup: a miss after all.
             return False
     job.transcript_id, job.status = hit.id, JobStatus.transcribed
+    runtime.metrics.cache_hits.inc()
     log.info(
         "job_cached",
         job_id=job.id,

@@ -154,5 +154,6 @@ async def watch(runtime: Runtime, *, interval: float = CANCEL_POLL_SECONDS) -> N
             log.exception("cancel_watch_crashed")
             continue
         for job_id in found:
-            if stop(runtime, job_id):
-                log.info("cancel_noticed", job_id=job_id)
+            with structlog.contextvars.bound_contextvars(job_id=job_id):
+                if stop(runtime, job_id):
+                    log.info("cancel_noticed")

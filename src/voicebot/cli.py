@@ -14,13 +14,13 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from voicebot import admin, texts
+from voicebot import admin, backup, texts
 from voicebot.audio import SAMPLE_RATE, decode
 from voicebot.config import Settings
 from voicebot.engine import Engine, Transcript, build_engine
-from voicebot.errors import UnknownUserError, VoicebotError
+from voicebot.errors import AlreadyRunningError, BackupError, UnknownUserError, VoicebotError
 from voicebot.formats import EXTENSIONS, Format, render
-from voicebot.logs import setup_logging
+from voicebot.logs import setup_logging, start_logging
 from voicebot.models import Plan, User, utcnow
 from voicebot.quotas import day_start
 
@@ -65,9 +65,13 @@ def run() -> None:
     from voicebot.service import serve
 
     settings = _settings()
-    setup_logging(settings.log_level, settings.log_format)
+    start_logging(settings)  # the token redacted; Sentry when SENTRY_DSN is set
     try:
-        asyncio.run(serve(settings))
+        # One bot per database: a second one is refused, and so is a restore under it.
+        with backup.run_lock(backup.lock_path(settings), holder="one bot per database"):
+            asyncio.run(serve(settings))
+    except AlreadyRunningError as error:
+        _fail(str(error), 1)
     except VoicebotError as error:
         _fail(str(error))
     except KeyboardInterrupt:
@@ -286,3 +290,78 @@ def stats() -> None:
     since = day_start(utcnow(), settings.quota_timezone)
     found = _in_session(settings, lambda session: admin.stats(session, since=since))
     _say(texts.admin.admin_stats(found, settings.quota_timezone))
+
+
+@app.command()
+def health(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the answer.", min=0.1)] = 5.0,
+) -> None:
+    """Ask the running bot's /ready (HTTP_HOST:HTTP_PORT): one line a check; exit 0 if ready."""
+    from voicebot.health import ask_ready, ready_url
+
+    settings = _settings()
+    if settings.http_port == 0:
+        _fail("HTTP_PORT=0: the bot serves no HTTP app to ask", 1)
+    url = ready_url(settings.http_host, settings.http_port)
+    try:
+        ready, checks = ask_ready(url, timeout=timeout)
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        _fail(f"not ready: no answer from {url} ({reason})", 1)
+    for check in checks:
+        _say(f"{check.name}: {'ok' if check.ok else 'NOT READY'} ({check.detail})")
+    if not ready:
+        raise typer.Exit(1)
+
+
+@app.command("backup")
+def backup_command(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="File to write (replaced once complete), or a directory for a dated file.",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Copy the SQLite database consistently, also while the bot runs (PostgreSQL: pg_dump)."""
+    settings = _settings()
+    if backup.sqlite_path(settings) is None:
+        typer.echo("voicebot: DATABASE_URL is PostgreSQL: back it up with pg_dump:", err=True)
+        typer.echo(backup.dump_command(settings, path))
+        raise typer.Exit(1)
+    try:
+        copy = backup.backup(settings, path)
+    except BackupError as error:
+        _fail(f"backup failed: {error}", 1)
+    _say(
+        f"Backed up {backup.sqlite_path(settings)} to {copy.path}: {_size(copy.size)}, "
+        f"{copy.jobs} jobs, schema {copy.revision}."
+    )
+
+
+@app.command("restore")
+def restore_command(
+    path: Annotated[Path, typer.Argument(help="A file written by `voicebot backup`.")],
+) -> None:
+    """Put a backup in place of the SQLite database; the bot must be stopped."""
+    settings = _settings()
+    if backup.sqlite_path(settings) is None:
+        typer.echo("voicebot: DATABASE_URL is PostgreSQL: restore it with pg_restore:", err=True)
+        typer.echo(backup.dump_command(settings, path, restore=True))
+        raise typer.Exit(1)
+    try:
+        copy, kept = backup.restore(settings, path)
+    except (BackupError, AlreadyRunningError) as error:
+        _fail(f"restore refused: {error}", 1)
+    head = backup.head_revision()
+    _say(
+        f"Restored {path} to {copy.path}: {_size(copy.size)}, {copy.jobs} jobs, "
+        f"schema {copy.revision}"
+        + (f" (`voicebot run` migrates it to {head})" if copy.revision != head else "")
+        + (f"; the replaced database is {kept}." if kept else ".")
+    )
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size / 1e3:.0f} kB"

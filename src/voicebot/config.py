@@ -92,6 +92,29 @@ class Settings(BaseSettings):
     database_url: str | None = None
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
+    #: Where `voicebot run` serves /health, /ready and /metrics; HTTP_PORT=0: no HTTP app.
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    #: Errors (and ERROR log lines) go to this Sentry project when set; off by default.
+    sentry_dsn: str | None = None
+
+    @field_validator("sentry_dsn", mode="before")
+    @classmethod
+    def _parse_dsn(cls, value: object) -> object:
+        """A blank DSN is none; a malformed one is refused at start, not at the first error."""
+        if isinstance(value, str) and not value.strip():
+            return None
+        if isinstance(value, str):
+            from sentry_sdk.utils import BadDsn, Dsn
+
+            try:
+                Dsn(value.strip())
+            except BadDsn as error:
+                raise ValueError(
+                    f"not a Sentry DSN ({error}); expected https://KEY@HOST/PROJECT"
+                ) from error
+            return value.strip()
+        return value
 
     @field_validator("whisper_allowed_languages", mode="before")
     @classmethod

@@ -18,6 +18,8 @@ from aiogram.exceptions import (
 )
 from aiogram.types import BufferedInputFile, InlineKeyboardMarkup, ReplyParameters
 
+from voicebot import metrics
+
 MESSAGE_LIMIT = 4096
 TRANSIENT = (TelegramNetworkError, TelegramServerError, TelegramRetryAfter)
 log = structlog.get_logger(__name__)
@@ -79,6 +81,7 @@ async def with_retries(call: Callable[[], Awaitable[T]], *, retries: int = 2) ->
                 else backoff(attempt)
             )
             log.warning("telegram_retry", error=str(error), attempt=attempt, delay=delay)
+            metrics.retried()
             await asyncio.sleep(delay)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import structlog
 
 from voicebot.audio import SAMPLE_RATE, Audio, decode
 from voicebot.config import Settings
@@ -23,6 +24,8 @@ from voicebot.errors import (
     TranscriptionTimeoutError,
 )
 from voicebot.weights import resolve_model
+
+log = structlog.get_logger(__name__)
 
 Task = Literal["transcribe", "translate"]
 """Whisper's tasks: transcribe in the spoken language, or translate into English."""
@@ -214,6 +217,14 @@ class Engine:
             raise NoSpeechError("I could not hear any speech in this recording.")
         if progress is not None:
             progress(duration, duration)
+        # Written in the worker thread: it carries the job's ids, which `to_thread` copied.
+        log.debug(
+            "segments_decoded",
+            segments=len(produced),
+            audio=round(duration, 1),
+            language=language,
+            thread=threading.current_thread().name,
+        )
         return Transcript(
             text=text,
             language=language,

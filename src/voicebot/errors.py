@@ -103,3 +103,11 @@ class AlreadyRefundedError(PaymentError):
     def __init__(self, charge_id: str) -> None:
         super().__init__(f"The purchase {charge_id} has already been refunded.")
         self.charge_id = charge_id
+
+
+class AlreadyRunningError(VoicebotError):
+    """Another `voicebot run` holds the database's lock file."""
+
+
+class BackupError(VoicebotError):
+    """A backup or restore cannot go ahead; the message says why and changes nothing."""

@@ -125,6 +125,8 @@ class Recorded:
     job_ids: list[int]
     refused: list[Refusal]
     answers: list[PressAnswer] = field(default_factory=list)
+    #: Why each refused message or press was refused (`Admission.reason`, or "failed").
+    reasons: list[str] = field(default_factory=list)
 
 
 ForgotBefore = Callable[[int, tuple[int, int]], bool]
@@ -152,7 +154,9 @@ async def record(
     asked = await record_translations(
         sessions, list(intake.translations.values()), settings=settings, limiters=limiters
     )
-    return Recorded(media.job_ids + asked.job_ids, media.refused, asked.answers)
+    return Recorded(
+        media.job_ids + asked.job_ids, media.refused, asked.answers, media.reasons + asked.reasons
+    )
 
 
 async def _record_media(
@@ -182,6 +186,7 @@ async def _record_media(
         log.error("batch_not_recorded", error=repr(error), size=len(items))
     job_ids: list[int] = []
     refused: list[Refusal] = []
+    reasons: list[str] = []
     for item in items:
         try:
             one = await store([item])
@@ -200,10 +205,12 @@ async def _record_media(
             locale = locale_for(None, sender)
             with use_locale(locale):
                 refused.append(Refusal(message, texts.FAILED, locale))
+            reasons.append("failed")
         else:
             job_ids += one.job_ids
             refused += one.refused
-    return Recorded(job_ids, refused)
+            reasons += one.reasons
+    return Recorded(job_ids, refused, reasons=reasons)
 
 
 async def _store(
@@ -216,6 +223,7 @@ async def _store(
 ) -> Recorded:
     job_ids: list[int] = []
     refused: list[Refusal] = []
+    reasons: list[str] = []
     now = utcnow()
     async with sessions() as session:
         # The upserts come first: on SQLite they take the write lock, so what the decisions
@@ -250,6 +258,7 @@ async def _store(
                 if admission.refusal is not None:
                     log.info("job_refused", user_id=user.id, reason=admission.refusal[:60])
                     refused.append(Refusal(message, admission.refusal, locale))
+                    reasons.append(admission.reason)
                     continue
                 forgotten = {}
             chat = chats[key[0]]
@@ -276,7 +285,7 @@ async def _store(
         await session.commit()
     if job_ids:
         log.info("jobs_accepted", job_ids=job_ids)
-    return Recorded(job_ids, refused)
+    return Recorded(job_ids, refused, reasons=reasons)
 
 
 async def _upsert_senders(
@@ -347,7 +356,7 @@ async def record_translations(
             presser = asked.query.from_user
             with use_locale(locale_for(None, presser.language_code)):
                 answers.append(PressAnswer(asked.query, texts.FAILED, alert=True))
-        return Recorded([], [], answers)
+        return Recorded([], [], answers, ["failed"] * len(answers))
 
 
 async def _store_translations(
@@ -355,6 +364,7 @@ async def _store_translations(
 ) -> Recorded:
     job_ids: list[int] = []
     answers: list[PressAnswer] = []
+    reasons: list[str] = []
     now = utcnow()
     async with sessions() as session:
         rows = [_presser(asked) for asked in translations]
@@ -384,6 +394,7 @@ async def _store_translations(
                 if admission.refusal is not None:
                     log.info("translation_refused", user_id=user.id, reason=admission.refusal[:60])
                     answers.append(PressAnswer(asked.query, admission.refusal, True))
+                    reasons.append(admission.reason)
                     continue
                 job_id = await insert_job(
                     session,
@@ -417,7 +428,7 @@ async def _store_translations(
         await session.commit()
     if job_ids:
         log.info("translations_accepted", job_ids=job_ids)
-    return Recorded(job_ids, [], answers)
+    return Recorded(job_ids, [], answers, reasons)
 
 
 def _presser(asked: Translation) -> Sender:

@@ -46,7 +46,9 @@ from voicebot.errors import (
     VoicebotError,
 )
 from voicebot.groups import chat_gone, drop_unreachable
+from voicebot.health import Health
 from voicebot.i18n import use_locale
+from voicebot.metrics import Metrics, build_metrics
 from voicebot.models import (
     ACTIVE,
     FINAL,
@@ -104,6 +106,9 @@ class Runtime:
     status_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = field(
         default_factory=weakref.WeakValueDictionary
     )
+    #: The process's metrics, and the parts /ready reports (the polling loop's heartbeat).
+    metrics: Metrics = field(default_factory=build_metrics)
+    health: Health = field(default_factory=Health)
 
     async def kick(self, job_id: int) -> None:
         """Queue job `job_id` on the broker."""
@@ -135,9 +140,19 @@ async def transcribe_job(job_id: int, runtime: Runtime = TaskiqDepends()) -> Non
     if runtime.stopping:
         return  # queued after shutdown began: recovered, and acknowledged, at the next start
     async with runtime.sessions() as session:
-        locale = await session.scalar(select(Job.locale).where(Job.id == job_id))
-    # Everything the job says (status, progress, failure, "Cancelled") is in its sender's language.
-    with use_locale(locale):
+        row = (
+            await session.execute(
+                select(Job.locale, Job.user_id, Job.chat_id).where(Job.id == job_id)
+            )
+        ).one_or_none()
+    ids = {"job_id": job_id}
+    if row is not None:
+        ids |= {"user_id": row.user_id, "chat_id": row.chat_id}
+    # Every line the job logs carries its ids: this task's context, copied into the tasks and
+    # threads it starts. Everything the job says (status, progress, failure, "Cancelled") is in
+    # its sender's language.
+    locale = row.locale if row is not None else None
+    with structlog.contextvars.bound_contextvars(**ids), use_locale(locale):
         await _job(runtime, job_id)
 
 
@@ -171,6 +186,7 @@ async def _job(runtime: Runtime, job_id: int) -> None:
         ):
             runtime.waiting.discard(current)
             runtime.running.add(current)
+            runtime.metrics.queue_wait.observe((utcnow() - as_utc(job.created_at)).total_seconds())
             await _run(runtime, job_id)
     except JobCancelledError:
         # Found cancelled by a conditional update (the transcript, a cache hit, the start).
@@ -274,7 +290,9 @@ async def _transcribe(runtime: Runtime, job: Job) -> None:
                 text=texts.TRANSCRIBING,
                 reply_markup=cancel_keyboard(job.id),
             )
+    fetching = time.monotonic()
     data = await _download(runtime, job)
+    runtime.metrics.download.observe(time.monotonic() - fetching)
     sha256 = (await asyncio.to_thread(hashlib.sha256, data)).hexdigest()
     if await cache.answer(runtime, job, started, sha256=sha256):
         return  # the same bytes sent again as a new file: no transcription
@@ -282,6 +300,7 @@ async def _transcribe(runtime: Runtime, job: Job) -> None:
     del data  # the audio is not kept after its job
     await _check_quota(runtime, job, len(audio) / SAMPLE_RATE)
     progress = Progress(runtime, job, seconds=len(audio) / SAMPLE_RATE)
+    transcribing = time.monotonic()
     try:
         language = languages.for_engine(languages.effective(job.language, settings))
         result = await runtime.engine.transcribe_async(
@@ -298,6 +317,7 @@ async def _transcribe(runtime: Runtime, job: Job) -> None:
     finally:
         await progress.stop()
     del audio
+    runtime.metrics.transcribed(audio=result.duration, seconds=time.monotonic() - transcribing)
     async with runtime.sessions() as session:
         stored = _stored(result, job=job, settings=settings, sha256=sha256)
         session.add(stored)
@@ -405,6 +425,7 @@ async def _fail(runtime: Runtime, job: Job, error: BaseException) -> None:
         # The bot cannot write there any more.
         moved = error.migrate_to_chat_id if isinstance(error, TelegramMigrateToChat) else None
         await drop_unreachable(runtime, job, migrated_to=moved, error=str(error))
+        runtime.metrics.job_failed(error.__class__.__name__)
         return
     permanent = isinstance(error, BadAudioError | _GaveUpError | QuotaExceededError | BannedError)
     message = str(error) if isinstance(error, VoicebotError) else texts.FAILED
@@ -425,4 +446,5 @@ async def _fail(runtime: Runtime, job: Job, error: BaseException) -> None:
         )
         await session.commit()
     if recorded:
+        job.error_code = error.__class__.__name__  # for the metric `tell_failure` counts
         await tell_failure(runtime, job, message)

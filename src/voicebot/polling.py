@@ -19,7 +19,7 @@ import structlog
 from aiogram import Bot, Dispatcher
 from aiogram.exceptions import ClientDecodeError, TelegramAPIError
 from aiogram.methods import TelegramMethod
-from aiogram.types import Update, User
+from aiogram.types import Chat, Update, User
 from aiogram.utils.backoff import Backoff, BackoffConfig
 from pydantic import ValidationError
 
@@ -64,6 +64,7 @@ async def poll(
     backoff = Backoff(BACKOFF)
     offset: int | None = None
     while not stop.is_set():
+        runtime.health.polling_at = time.monotonic()  # the heartbeat /ready looks at
         fetch = GetRawUpdates(offset=offset, timeout=poll_timeout, allowed_updates=allowed)
         try:
             batch = await _unless_stopped(bot(fetch, request_timeout=request_timeout), stop)
@@ -78,6 +79,7 @@ async def poll(
             await _unless_stopped(asyncio.sleep(delay), stop)
             continue
         backoff.reset()
+    runtime.health.polling_at = None
     if offset is not None:
         await _confirm(bot, offset)
 
@@ -92,6 +94,7 @@ async def handle_batch(runtime: Runtime, dispatcher: Dispatcher, batch: list[Any
         if isinstance(item, dict) and isinstance(item.get("update_id"), int)
     ]
     updates = [update for item in batch if (update := parse_update(item, bot)) is not None]
+    runtime.metrics.received(updates, unparseable=len(batch) - len(updates))
     intake = Intake()
     # The batch's senders' interface languages in one read, for the locale middleware.
     speakers = [sender.id for update in updates if (sender := sender_of(update)) is not None]
@@ -103,7 +106,7 @@ async def handle_batch(runtime: Runtime, dispatcher: Dispatcher, batch: list[Any
         languages = {}
     results = await asyncio.gather(
         *(
-            dispatcher.feed_update(bot, update, intake=intake, ui_languages=languages)
+            feed(dispatcher, bot, update, intake=intake, ui_languages=languages)
             for update in updates
         ),
         return_exceptions=True,
@@ -121,6 +124,8 @@ async def handle_batch(runtime: Runtime, dispatcher: Dispatcher, batch: list[Any
         runtime.sessions, intake, settings=runtime.settings, limiters=runtime.limiters
     )
     stored = time.monotonic()
+    for reason in recorded.reasons:
+        runtime.metrics.refused(reason)
     await asyncio.gather(
         *(tell_refusal(runtime, refusal) for refusal in recorded.refused),
         *(answer_press(press) for press in recorded.answers),  # button presses (Translate)
@@ -137,6 +142,30 @@ async def handle_batch(runtime: Runtime, dispatcher: Dispatcher, batch: list[Any
         record=round(stored - fed, 4),
     )
     return max(update_ids) + 1 if update_ids else None
+
+
+async def feed(dispatcher: Dispatcher, bot: Bot, update: Update, **kwargs: Any) -> Any:
+    """Feed one update to the dispatcher, every line its handling logs carrying its ids."""
+    # Bound in this coroutine's own task (gather wraps each), and unbound when it returns:
+    # nothing leaks into the next update or the batch.
+    with structlog.contextvars.bound_contextvars(**ids_of(update)):
+        return await dispatcher.feed_update(bot, update, **kwargs)
+
+
+def ids_of(update: Update) -> dict[str, int]:
+    """`update_id`, and the `user_id` and `chat_id` of whoever and wherever it came from."""
+    ids = {"update_id": update.update_id}
+    try:
+        event = update.event
+    except LookupError:  # an update type this aiogram does not know
+        return ids
+    sender = getattr(event, "from_user", None)
+    if isinstance(sender, User):
+        ids["user_id"] = sender.id
+    chat = getattr(event, "chat", None) or getattr(getattr(event, "message", None), "chat", None)
+    if isinstance(chat, Chat):
+        ids["chat_id"] = chat.id
+    return ids
 
 
 async def tell_refusal(runtime: Runtime, refusal: Refusal) -> None:

@@ -168,6 +168,12 @@ async def update_positions(runtime: Runtime, per_second: RateLimitItem) -> int:
 
 
 async def _show(runtime: Runtime, waiting: Waiting, place: int) -> None:
+    """`_edit`, every line it logs carrying the job's ids (in its own task: nothing leaks)."""
+    with structlog.contextvars.bound_contextvars(job_id=waiting.job_id, chat_id=waiting.chat_id):
+        await _edit(runtime, waiting, place)
+
+
+async def _edit(runtime: Runtime, waiting: Waiting, place: int) -> None:
     """Edit one status message to `place`, unless the job left the queue meanwhile."""
     assert waiting.status_message_id is not None
     async with status_lock(runtime, waiting.job_id):

@@ -24,8 +24,11 @@ from voicebot.db import build_engine as build_db_engine
 from voicebot.db import build_sessions, upgrade_async
 from voicebot.engine import build_engine
 from voicebot.errors import ConfigError
+from voicebot.health import Health
 from voicebot.i18n import DEFAULT_LOCALE, SUPPORTED
 from voicebot.jobs import Runtime, build_broker, recover
+from voicebot.metrics import Metrics, build_metrics
+from voicebot.metrics import set_current as set_current_metrics
 from voicebot.polling import poll
 from voicebot.ratelimits import build_limiters
 from voicebot.slots import Slots
@@ -60,27 +63,52 @@ async def serve(settings: Settings) -> None:
     # Current for the whole service: the tasks created below inherit it, and each update or
     # job picks its own locale within it (English where none is chosen).
     i18n.set_current(i18n)
+    metrics, health = build_metrics(), Health()
+    set_current_metrics(metrics)  # for `delivery.with_retries`, as i18n above
+    bot.session.middleware(metrics.count_telegram_errors)
     try:
-        me = await _check_token(bot, settings)
-        await upgrade_async(settings.sqlalchemy_url)
-        database = build_db_engine(settings.sqlalchemy_url)
-        try:
-            engine = await asyncio.to_thread(build_engine, settings)
-            runtime = Runtime(
-                settings=settings,
-                bot=bot,
-                sessions=build_sessions(database),
-                engine=engine,
-                slots=Slots(settings.workers, max_wait=settings.priority_max_wait_seconds),
-                limiters=build_limiters(settings),
-                chat_admins=ChatAdmins(ttl=settings.chat_admin_cache_seconds),
-            )
-            await _poll(runtime, me, i18n)
-        finally:
-            await database.dispose()
+        # The HTTP app first: /health answers, and /ready says what is missing, during start-up.
+        async with _http(settings, health, metrics):
+            me = await _check_token(bot, settings)
+            await upgrade_async(settings.sqlalchemy_url)
+            database = build_db_engine(settings.sqlalchemy_url)
+            health.sessions = sessions = build_sessions(database)
+            try:
+                engine = await asyncio.to_thread(build_engine, settings)
+                health.model = settings.whisper_model
+                runtime = Runtime(
+                    settings=settings,
+                    bot=bot,
+                    sessions=sessions,
+                    engine=engine,
+                    slots=Slots(settings.workers, max_wait=settings.priority_max_wait_seconds),
+                    limiters=build_limiters(settings),
+                    chat_admins=ChatAdmins(ttl=settings.chat_admin_cache_seconds),
+                    metrics=metrics,
+                    health=health,
+                )
+                metrics.running_jobs.set_function(lambda: len(runtime.running))
+                await _poll(runtime, me, i18n)
+            finally:
+                health.sessions = None
+                await database.dispose()
     finally:
         await bot.session.close()
     log.info("stopped")
+
+
+def _http(
+    settings: Settings, health: Health, metrics: Metrics
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """Serve the HTTP app on HTTP_HOST:HTTP_PORT while the block runs (HTTP_PORT=0: nothing)."""
+    if settings.http_port == 0:
+        return contextlib.nullcontext()
+    # Imported here: FastAPI takes a second to import, which a start that fails early (a bad
+    # token) or runs without the app (tests: HTTP_PORT=0) need not wait for.
+    from voicebot.web.app import build_app, serving
+
+    app = build_app(health, metrics)
+    return serving(app, host=settings.http_host, port=settings.http_port)
 
 
 async def _poll(runtime: Runtime, me: User, i18n: I18n) -> None:
@@ -88,6 +116,7 @@ async def _poll(runtime: Runtime, me: User, i18n: I18n) -> None:
     broker = build_broker(runtime)
     dispatcher = build_dispatcher(runtime, i18n=i18n)
     await broker.startup()
+    runtime.health.broker = True
     try:
         log.info(
             "bot_started",
@@ -108,6 +137,7 @@ async def _poll(runtime: Runtime, me: User, i18n: I18n) -> None:
         ]
         try:
             await poll(runtime, dispatcher, _stop_on_signals())
+            runtime.health.stopping = True
         finally:
             for task in background:
                 task.cancel()
@@ -122,6 +152,7 @@ async def _poll(runtime: Runtime, me: User, i18n: I18n) -> None:
         )
         await _drain(runtime, settings.shutdown_grace_seconds)
     finally:
+        runtime.health.broker = False
         await broker.shutdown()
 
 

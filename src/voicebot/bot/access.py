@@ -25,6 +25,7 @@ def build_router(settings: Settings) -> Router:
 
 async def on_outsider(message: Message, runtime: Runtime) -> None:
     """Say the bot is private, at most once a minute per person; record nothing."""
+    runtime.metrics.refused("private")
     if message.chat.type != "private":
         return  # in a group, outsiders' messages are only ignored: no line for every member
     sender = message.from_user.id if message.from_user else message.chat.id
@@ -32,6 +33,7 @@ async def on_outsider(message: Message, runtime: Runtime) -> None:
         await message.answer(texts.PRIVATE)
 
 
-async def on_outsider_button(query: CallbackQuery) -> None:
+async def on_outsider_button(query: CallbackQuery, runtime: Runtime) -> None:
     """Answer the button press (Telegram expects it) with the same line."""
+    runtime.metrics.refused("private")
     await query.answer(texts.PRIVATE, show_alert=True)
