@@ -54,8 +54,8 @@ def start_without_a_good_token(
 
 
 def test_bad_token_is_one_clear_line(tmp_path: Path) -> None:
-    """A missing, blank or malformed token stops the bot at once with one line on stderr."""
-    started = time.monotonic()
+    """A missing, blank or malformed token stops the bot with one line on stderr, before it
+    touches the database (`communicate`'s timeout bounds the wait; no speed is asserted here)."""
     processes = {
         case: start_without_a_good_token(tmp_path / str(n), token, dotenv)
         for n, (case, (token, dotenv, _)) in enumerate(TOKEN_CASES.items())
@@ -67,7 +67,6 @@ def test_bad_token_is_one_clear_line(tmp_path: Path) -> None:
         assert len(lines) == 1, f"{case}: {stderr}"
         assert all(word in lines[0] for word in TOKEN_CASES[case][2]), f"{case}: {lines[0]}"
         assert stdout == "", case
-    assert time.monotonic() - started < 20
     assert not list(tmp_path.glob("*/data/*.db"))  # it stopped before touching the database
 
 
