@@ -18,7 +18,8 @@ test: sync test-tools
 	$(UV) run pytest
 
 # Tools the tests check operator files with (tests/test_deploy.py; a missing one fails in CI):
-# nginx for `nginx -t`, openssl for its test certificate. Debian's packages, as root.
+# nginx for `nginx -t`, openssl for its test certificate, promtool (Debian's `prometheus`
+# package) for `promtool check rules`. Debian's packages, as root.
 test-tools:
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -26,6 +27,13 @@ test-tools:
 				nginx-light openssl >/dev/null; \
 		else \
 			echo "nginx is missing: install Debian's nginx-light as root"; \
+		fi; }
+	@command -v promtool >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends prometheus >/dev/null; \
+		else \
+			echo "promtool is missing: install Debian's prometheus as root"; \
 		fi; }
 
 lint: sync

@@ -5,6 +5,7 @@ No label carries a user or chat id. Each event is counted by one call at the pla
 (`jobs`, `answers`, `cache`, `polling`, `delivery.with_retries`, the Bot API session).
 The counters are this process's; `voicebot_queue_length` is read from the database at scrape
 time (the same for every process sharing it), `voicebot_running_jobs` is this process's slots.
+The registry also carries prometheus-client's `process_*` metrics (memory, CPU; Linux only).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from aiogram.exceptions import (
     TelegramServerError,
     TelegramUnauthorizedError,
 )
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 if TYPE_CHECKING:
     from aiogram import Bot
@@ -144,6 +145,7 @@ def error_code(error: Exception) -> str:
 def build_metrics() -> Metrics:
     """A fresh registry with every voicebot metric registered (nothing at import time)."""
     registry = CollectorRegistry()
+    ProcessCollector(registry=registry)  # process_resident_memory_bytes, CPU, open fds (Linux)
 
     def histogram(name: str, doc: str, buckets: tuple[float, ...] = SECONDS_BUCKETS) -> Histogram:
         return Histogram(name, doc, registry=registry, buckets=buckets)
