@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import ColumnElement, Select, delete, exists, select, update
+from sqlalchemy import ColumnElement, delete, exists, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -76,10 +76,19 @@ def _cutoff(now: datetime, ttl_days: float) -> datetime:
     return now - timedelta(days=ttl_days)
 
 
-def _fresh(
-    key: ColumnElement[bool], *, model: str, language_setting: str, now: datetime, ttl_days: float
-) -> Select[Transcript]:
-    return (
+async def _newest(
+    session: AsyncSession,
+    key: ColumnElement[bool],
+    *,
+    model: str,
+    language_setting: str,
+    now: datetime,
+    ttl_days: float,
+) -> Transcript | None:
+    """The newest unexpired transcript matching `key`, this model and setting (None when off)."""
+    if ttl_days <= 0:
+        return None
+    query = (
         select(Transcript)
         .where(
             key,
@@ -90,6 +99,7 @@ def _fresh(
         .order_by(Transcript.created_at.desc(), Transcript.id.desc())
         .limit(1)
     )
+    return (await session.execute(query)).scalar_one_or_none()
 
 
 async def find_by_file(
@@ -102,16 +112,14 @@ async def find_by_file(
     ttl_days: float,
 ) -> Transcript | None:
     """The newest unexpired transcript of this Telegram file made with this model and setting."""
-    if ttl_days <= 0:
-        return None
-    query = _fresh(
+    return await _newest(
+        session,
         Transcript.file_unique_id == file_unique_id,
         model=model,
         language_setting=language_setting,
         now=now,
         ttl_days=ttl_days,
     )
-    return (await session.execute(query)).scalar_one_or_none()
 
 
 async def find_by_sha256(
@@ -124,16 +132,14 @@ async def find_by_sha256(
     ttl_days: float,
 ) -> Transcript | None:
     """The newest unexpired transcript of these bytes made with this model and setting."""
-    if ttl_days <= 0:
-        return None
-    query = _fresh(
+    return await _newest(
+        session,
         Transcript.sha256 == sha256,
         model=model,
         language_setting=language_setting,
         now=now,
         ttl_days=ttl_days,
     )
-    return (await session.execute(query)).scalar_one_or_none()
 
 
 async def record_hit(
