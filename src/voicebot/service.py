@@ -107,7 +107,7 @@ def _http(
     # token) or runs without the app (tests: HTTP_PORT=0) need not wait for.
     from voicebot.web.app import build_app, serving
 
-    app = build_app(health, metrics)
+    app = build_app(settings, health, metrics)
     return serving(app, host=settings.http_host, port=settings.http_port)
 
 

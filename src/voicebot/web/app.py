@@ -1,7 +1,7 @@
 """The FastAPI app and its server: built in `build_app`, served by `serving` in the bot's loop.
 
-State lives on `app.state` (`health`, `metrics`), set once in `build_app`; a route reads it
-from its request. Nothing is built at import time.
+State lives on `app.state` (`settings`, `health`, `metrics`), set once in `build_app`; a route
+reads it from its request. Nothing is built at import time.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
+from voicebot.config import Settings
 from voicebot.errors import ConfigError
 from voicebot.health import Health, checks, queue_length
 from voicebot.metrics import Metrics
@@ -29,9 +30,10 @@ log = structlog.get_logger(__name__)
 SHUTDOWN_SECONDS = 2
 
 
-def build_app(health: Health, metrics: Metrics) -> FastAPI:
+def build_app(settings: Settings, health: Health, metrics: Metrics) -> FastAPI:
     """The HTTP app: GET /health, /ready and /metrics over the service's `health` and `metrics`."""
     app = FastAPI(title="voicebot", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
     app.state.health = health
     app.state.metrics = metrics
     app.add_api_route("/health", alive, methods=["GET"])
