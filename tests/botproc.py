@@ -33,8 +33,10 @@ class BotProcess:
         self.log = workdir / "bot.log"
 
     async def start(self, timeout: float = 120, *, wait: bool = True) -> None:
-        """Start the process, appending to `log`; with `wait`, return once it asks for updates."""
-        polls = len(self.api.calls_of("getUpdates"))
+        """Start the process, appending to `log`; with `wait`, return once it asks for updates
+        (getUpdates, or setWebhook when BOT_MODE=webhook)."""
+        asks = "setWebhook" if self.env.get("BOT_MODE") == "webhook" else "getUpdates"
+        polls = len(self.api.calls_of(asks))
         with self.log.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -49,7 +51,7 @@ class BotProcess:
         if not wait:
             return
         await self.api.wait_for(
-            lambda: len(self.api.calls_of("getUpdates")) > polls or self.exited, timeout
+            lambda: len(self.api.calls_of(asks)) > polls or self.exited, timeout
         )
         assert not self.exited, f"bot exited at start:\n{self.output()}"
 

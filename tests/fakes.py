@@ -24,6 +24,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .fake_webhook import Webhook
+
 Params = dict[str, Any]
 _Handler = Callable[[Params], Awaitable[Any]]
 
@@ -211,10 +213,13 @@ class FakeBotAPI:
         self._query_seq = itertools.count(1)
         self._charges: dict[str, _Charge] = {}
         self._held: dict[str, asyncio.Event] = {}
+        self.webhook = Webhook(self)
         handlers: dict[str, _Handler] = {
             "getMe": self._get_me,
             "getUpdates": self._get_updates,
-            "deleteWebhook": self._ok,
+            "setWebhook": self.webhook.set,
+            "deleteWebhook": self.webhook.delete,
+            "getWebhookInfo": self.webhook.info,
             "sendMessage": self._send_message,
             "editMessageText": self._edit_message_text,
             "deleteMessage": self._delete_message,
@@ -250,6 +255,7 @@ class FakeBotAPI:
         """Release pending long polls (they answer ``[]``) and shut the server down."""
         self._closing = True
         self._wakeup.set()
+        await self.webhook.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -558,6 +564,12 @@ class FakeBotAPI:
         return self._bot_user() | dict.fromkeys(flags, False)
 
     async def _get_updates(self, p: Params) -> list[Params]:
+        if self.webhook.url:
+            raise ApiError(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; "
+                "use deleteWebhook to delete the webhook first",
+            )
         offset, limit = int(p.get("offset") or 0), min(max(int(p.get("limit") or 100), 1), 100)
         if offset > 0:
             self._updates = [u for u in self._updates if u["update_id"] >= offset]

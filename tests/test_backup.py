@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from voicebot.backup import head_revision
 from voicebot.db import upgrade
 
 from .botproc import BotProcess
 from .fakes import FakeBotAPI
 from .media import voice_note
+
+#: The newest schema revision this checkout migrates to.
+HEAD = head_revision()
 
 CLIPS = [
     "fleurs_en-000.ogg",
@@ -151,7 +155,7 @@ async def test_backup_during_a_burst_then_restore(
     statuses = {job["status"] for job in taken.values()}
     assert "done" in statuses, statuses  # taken in the middle of the burst:
     assert statuses - set(FINAL), statuses  # some answered, some still waiting or running
-    assert backed_up.endswith(f", {len(taken)} jobs, schema 0004.")
+    assert backed_up.endswith(f", {len(taken)} jobs, schema {HEAD}.")
     for job in taken.values():
         if job["status"] == "done":
             assert job["transcript_id"] in {row[0] for row in snapshot["transcripts"]}
@@ -162,7 +166,7 @@ async def test_backup_during_a_burst_then_restore(
     assert (code, err) == (0, ""), err
     assert out.strip() == (
         f"Restored {backup_file} to {fresh}: {out.split(': ', 1)[1].split(',')[0]}, "
-        f"{len(taken)} jobs, schema 0004."
+        f"{len(taken)} jobs, schema {HEAD}."
     )
     assert rows(fresh) == snapshot
     assert not fresh.with_name("voicebot.db.before-restore").exists()
@@ -229,7 +233,7 @@ def test_restore_refuses_what_is_not_a_voicebot_database(tmp_path: Path) -> None
         text: f"{text} is not a voicebot database (not an SQLite file)",
         other: f"{other} is not a voicebot database (no jobs or alembic_version)",
         newer: f"{newer} is at schema revision 0099, which this voicebot does not have "
-        "(its newest is 0004): install the version that wrote it",
+        f"(its newest is {HEAD}): install the version that wrote it",
         tmp_path / "missing.db": f"{tmp_path / 'missing.db'}: no such file",
     }
     for path, reason in expected.items():
@@ -244,7 +248,7 @@ def test_restore_refuses_what_is_not_a_voicebot_database(tmp_path: Path) -> None
     upgrade(f"sqlite+aiosqlite:///{older}", "0003")
     result = run_cli("restore", str(older), data_dir=data)
     assert result.returncode == 0, result.stderr
-    assert "schema 0003 (`voicebot run` migrates it to 0004)" in result.stdout
+    assert f"schema 0003 (`voicebot run` migrates it to {HEAD})" in result.stdout
     assert rows(data / "voicebot.db.before-restore") == original_rows
     assert rows(database)["alembic_version"] == [("0003",)]
 

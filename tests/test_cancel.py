@@ -239,7 +239,9 @@ async def test_only_the_sender_or_an_admin_may_cancel_and_a_late_press_is_told(
     )
     assert await again.stop() == 0, again.output()
     (recovered,) = log_events(again, "jobs_recovered")
-    assert recovered["job_ids"] == [busy_job]
+    # The cancelled one comes back only when the kill beat its "Cancelled" (jobs.told_at):
+    # then it is told again, and still never runs.
+    assert recovered["job_ids"] in ([busy_job], [busy_job, dropped_job]), recovered
     assert not downloads_of(api, file_id_of(tmp_path, dropped_job))
     assert text_of(api, USER, dropped) == texts.CANCELLED
     assert rows(tmp_path, f"SELECT status FROM jobs WHERE id = {dropped_job}") == [("cancelled",)]

@@ -64,6 +64,7 @@ from .botproc import BotProcess
 from .fake_groups import GroupFakeBotAPI
 from .fakes import SentMessage
 from .media import encode_audio, video_with_sound, voice_note
+from .test_web import free_port
 
 CLIPS = (
     "librispeech_alif_another_door.wav",
@@ -520,14 +521,20 @@ async def api() -> AsyncIterator[GroupFakeBotAPI]:
 
 
 @pytest.mark.timeout(360)
+@pytest.mark.parametrize("mode", ["polling", "webhook"])
 async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
     api: GroupFakeBotAPI,
     tmp_path: Path,
     model_cache: Path,
     corpus: Path,
     references: dict[str, dict[str, str]],
+    mode: str,
 ) -> None:
-    """After SIGKILLs at any moment and a last start, each media message has one transcript."""
+    """After SIGKILLs at any moment and a last start, each media message has one transcript.
+
+    In webhook mode the fake posts each update to the bot as Telegram does, and sends it again
+    until a 200 comes; "confirmed" is that 200, and a start-up kill lands before or at the
+    bot's setWebhook."""
     began = time.monotonic()
     seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(2**32))
     rounds, last_burst = plan(random.Random(seed))
@@ -536,6 +543,16 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
         print(f"  {number:>2}. {round_}")
     print(f"  last start, burst [{len(last_burst)} messages], left to finish")
 
+    receiving: dict[str, str] = {}
+    if mode == "webhook":
+        port = free_port()  # the same on every start: Telegram posts to one URL
+        receiving = {
+            "BOT_MODE": "webhook",
+            "HTTP_PORT": str(port),
+            "WEBHOOK_URL": f"http://127.0.0.1:{port}/telegram/webhook",
+            "WEBHOOK_SECRET": "chaos-secret-0123456789",
+        }
+    asks = "setWebhook" if mode == "webhook" else "getUpdates"
     bot = BotProcess(
         api,
         tmp_path,
@@ -543,6 +560,7 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
         WHISPER_MODEL="tiny.en",
         JOB_MAX_ATTEMPTS="30",
         USER_MAX_ACTIVE_JOBS="100",
+        **receiving,
     )
     database = tmp_path / "data" / "voicebot.db"
     clips = (*CLIPS, FORGET_CLIP)
@@ -556,10 +574,8 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
             # Updates wait at the door while the process starts and dies.
             chaos.push(round_.burst)
             await bot.start(wait=False)
-            polled = await until(
-                partial(chaos.called_since, mark, "getUpdates"), round_.delay * startup
-            )
-            what = "at its first getUpdates" if polled else "before its first getUpdates"
+            polled = await until(partial(chaos.called_since, mark, asks), round_.delay * startup)
+            what = f"at its first {asks}" if polled else f"before its first {asks}"
         else:
             await bot.start()
             if startup == 0.0:

@@ -15,6 +15,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.exc import IntegrityError
 
+from voicebot.backup import head_revision
 from voicebot.db import Sessions, build_engine, build_sessions, upgrade, upgrade_async
 from voicebot.models import (
     Base,
@@ -31,7 +32,18 @@ from voicebot.models import (
     utcnow,
 )
 
-TABLES = {"users", "chats", "jobs", "transcripts", "usage", "transactions", "alembic_version"}
+#: The newest schema revision this checkout migrates to.
+HEAD = head_revision()
+TABLES = {
+    "users",
+    "chats",
+    "jobs",
+    "transcripts",
+    "usage",
+    "transactions",
+    "handled_updates",
+    "alembic_version",
+}
 
 
 def url_for(path: Path) -> str:
@@ -61,7 +73,7 @@ def test_upgrade_creates_the_schema(tmp_path: Path) -> None:
     path.parent.mkdir()
     upgrade(url_for(path))
     assert tables(path) == TABLES
-    assert version(path) == ["0004"]
+    assert version(path) == [HEAD]
     columns = {row[1] for row in query(path, "PRAGMA table_info(jobs)")}
     assert {"chat_id", "message_id", "status", "delivered_parts", "transcript_id"} <= columns
     assert "status_requested_at" in columns
@@ -90,7 +102,7 @@ def test_upgrade_from_the_first_revision_keeps_jobs(tmp_path: Path) -> None:
         " VALUES (7, 1, 3.0, 1.0, '2024-01-01')",
     )
     upgrade(url_for(path))
-    assert version(path) == ["0004"]
+    assert version(path) == [HEAD]
     assert query(
         path, "SELECT message_id, status, status_requested_at, priority, reserved_seconds FROM jobs"
     ) == [(3, "queued", None, 0, 0.0)]
@@ -119,7 +131,7 @@ def test_upgrade_twice_is_harmless(tmp_path: Path) -> None:
     )
     upgrade(url_for(path))
     assert tables(path) == TABLES
-    assert version(path) == ["0004"]
+    assert version(path) == [HEAD]
     assert query(path, "SELECT id, first_name FROM users") == [(7, "Ann")]
 
 
@@ -251,14 +263,17 @@ async def test_queue_queries(sessions: Sessions) -> None:
         await session.commit()
         ids = [j.id for j in jobs]
         assert ids == sorted(ids)
-        # The cancelled one (by /forget, before its first reply) is still to be told so.
+        # The cancelled one is still to be told so.
         assert await untold_job_ids(session) == [ids[0], ids[1], ids[4], ids[5], ids[6]]
         ahead = [await count_ahead(session, job_id=i, max_wait=300, now=utcnow()) for i in ids]
         # The running and transcribed jobs hold slots; queued ones count in order of arrival.
         assert ahead[:6] == [2, 2, 3, 3, 2, 3]
 
         await set_job(session, job_id=ids[0], status=JobStatus.done)
-        await set_job(session, job_id=ids[6], status_message_id=99)  # told
+        await set_job(session, job_id=ids[6], status_message_id=99)  # shown, not yet told
+        await session.commit()
+        assert await untold_job_ids(session) == [ids[1], ids[4], ids[5], ids[6]]
+        await set_job(session, job_id=ids[6], told_at=utcnow())
         await session.commit()
         assert await untold_job_ids(session) == [ids[1], ids[4], ids[5]]
         assert await count_ahead(session, job_id=ids[5], max_wait=300, now=utcnow()) == 2

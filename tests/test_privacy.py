@@ -11,13 +11,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from voicebot import texts
 from voicebot.cache import find_by_file, kept_days, serving_days
 from voicebot.config import Settings
 from voicebot.db import Sessions, build_engine, build_sessions, upgrade_async
-from voicebot.models import Job, JobStatus, Transcript
+from voicebot.models import (
+    HandledUpdate,
+    Job,
+    JobStatus,
+    Transcript,
+    handled_update_ids,
+    mark_handled,
+)
 from voicebot.privacy import forget, purge_old
 
 from .botproc import BotProcess
@@ -138,9 +145,16 @@ async def test_retention_deletes_old_texts_but_not_what_a_job_is_delivering(
         assert served is None
         unbounded = await find_by_file(session, file_unique_id="unique-1", ttl_days=7, **key)
         assert unbounded is not None  # only the retention keeps it from being served
+        # Handled update ids: 1 past HANDLED_UPDATE_DAYS, 2 within it, 3 another bot's, as old.
+        await mark_handled(session, bot_id=1, update_ids=[1])
+        await mark_handled(session, bot_id=2, update_ids=[3])
+        await session.execute(update(HandledUpdate).values(handled_at=NOW - timedelta(days=3)))
+        await mark_handled(session, bot_id=1, update_ids=[2])
         purged = await purge_old(session, now=NOW, settings=settings)
         await session.commit()
-    assert (purged.transcripts, purged.jobs) == (1, 2)
+    assert (purged.transcripts, purged.jobs, purged.updates) == (1, 2, 2)
+    async with sessions() as session:
+        assert await handled_update_ids(session, bot_id=1, update_ids=[1, 2, 3]) == {2}
     async with sessions() as session:
         left = set((await session.scalars(select(Transcript.id))).all())
         found = {j.id: j for j in (await session.scalars(select(Job))).all()}

@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING
 
 import structlog
-from aiogram.exceptions import TelegramAPIError
+from aiogram.exceptions import TelegramAPIError, TelegramNetworkError
 
 from voicebot import outputs, texts
 from voicebot.delivery import deliver, put_status, try_edit
@@ -108,13 +108,14 @@ async def tell_failure(runtime: Runtime, job: Job, message: str) -> None:
 
 async def tell_cancelled(runtime: Runtime, job_id: int, *, running: bool) -> None:
     """Log the stop and show "Cancelled" again (a progress edit may have overtaken the first),
-    in a reply of its own when the job had no status message yet."""
+    in a reply of its own when the job had no status message yet; then note it told."""
     log.info("job_cancelled", job_id=job_id, running=running)
     runtime.metrics.job_cancelled()
     async with runtime.sessions() as session:
         job = await session.get(Job, job_id)
     if job is None:
         return
+    told: dict[str, object] = {}
     try:
         async with status_lock(runtime, job_id):
             if job.status_message_id is not None:
@@ -124,25 +125,29 @@ async def tell_cancelled(runtime: Runtime, job_id: int, *, running: bool) -> Non
                     message_id=job.status_message_id,
                     text=texts.CANCELLED,
                 )
-                return
-            # /forget cancels recordings not acknowledged yet: without this reply the
-            # recording would get no answer at all (a cancelled job never runs again).
-            if job.status_requested_at is not None:
-                log.warning("status_reply_in_doubt", job_id=job_id, chat_id=job.chat_id)
-            async with runtime.sessions() as session:  # as for any status reply: see `status`
-                await set_job(session, job_id=job_id, status_requested_at=utcnow())
-                await session.commit()
-            message_id = await put_status(
-                runtime.bot,
-                chat_id=job.chat_id,
-                status_message_id=None,
-                reply_to=job.message_id,
-                text=texts.CANCELLED,
-                thread_id=job.thread_id,
-            )
-    except TelegramAPIError as error:  # for one, the user blocked the bot since
+            else:
+                # /forget cancels recordings not acknowledged yet: without this reply the
+                # recording would get no answer at all (a cancelled job never runs again).
+                if job.status_requested_at is not None:
+                    log.warning("status_reply_in_doubt", job_id=job_id, chat_id=job.chat_id)
+                async with runtime.sessions() as session:  # as for any status reply: `status`
+                    await set_job(session, job_id=job_id, status_requested_at=utcnow())
+                    await session.commit()
+                told["status_message_id"] = await put_status(
+                    runtime.bot,
+                    chat_id=job.chat_id,
+                    status_message_id=None,
+                    reply_to=job.message_id,
+                    text=texts.CANCELLED,
+                    thread_id=job.thread_id,
+                )
+    except TelegramNetworkError as error:  # not told: the next start tries again
         log.warning("cancel_not_told", job_id=job_id, error=str(error))
         return
-    async with runtime.sessions() as session:  # told again later, it edits this reply
-        await set_job(session, job_id=job_id, status_message_id=message_id)
+    except TelegramAPIError as error:  # for one, the user blocked the bot since: not retold
+        log.warning("cancel_not_told", job_id=job_id, error=str(error))
+    # Until this commit a restart tells it again (`untold_job_ids`): told again later, it
+    # edits this reply.
+    async with runtime.sessions() as session:
+        await set_job(session, job_id=job_id, told_at=utcnow(), **told)
         await session.commit()

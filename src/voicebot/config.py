@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -14,6 +16,7 @@ OFFICIAL_API_URL = "https://api.telegram.org"
 # getFile refuses files over 20 MB, unless a self-hosted Bot API server runs in --local mode.
 PUBLIC_FILE_LIMIT_MB = 20
 LOCAL_FILE_LIMIT_MB = 2000
+WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{16,256}")
 
 
 def _default_cache_dir() -> Path:
@@ -98,6 +101,52 @@ class Settings(BaseSettings):
     #: Errors (and ERROR log lines) go to this Sentry project when set; off by default.
     sentry_dsn: str | None = None
 
+    # Webhook mode: Telegram posts each update to WEBHOOK_URL, which reaches the HTTP app's
+    # POST /telegram/webhook (through a TLS-terminating proxy); polling mode deletes it.
+    bot_mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str | None = None
+    #: Telegram sends it in X-Telegram-Bot-Api-Secret-Token with every update (16 to 256 of
+    #: A-Z a-z 0-9 _ -); required in webhook mode.
+    webhook_secret: SecretStr | None = None
+    #: Client networks allowed to post updates (CIDRs); empty: any address (the secret holds).
+    webhook_trusted_networks: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list
+    )
+    #: Proxies whose X-Forwarded-For names the client (uvicorn's forwarded_allow_ips).
+    forwarded_allow_ips: str = "127.0.0.1"
+    #: Connections Telegram opens at once to deliver updates (setWebhook max_connections).
+    webhook_max_connections: int = Field(default=40, ge=1, le=100)
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _check_secret(cls, value: object) -> object:
+        """Blank is none; otherwise what Telegram accepts as a secret_token, and not short."""
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            if not WEBHOOK_SECRET.fullmatch(value):
+                raise ValueError(
+                    "must be 16 to 256 characters of A-Z, a-z, 0-9, _ and - "
+                    "(for example: openssl rand -hex 32)"
+                )
+        return value
+
+    @field_validator("webhook_trusted_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        """`149.154.160.0/20, 91.108.4.0/22` becomes two networks; a bad one is refused."""
+        if isinstance(value, str):
+            networks = []
+            for part in value.replace(" ", "").split(","):
+                if not part:
+                    continue
+                try:
+                    networks.append(ip_network(part, strict=False))
+                except ValueError as error:
+                    raise ValueError(f"{part!r} is not a network in CIDR notation") from error
+            return networks
+        return value
+
     @field_validator("sentry_dsn", mode="before")
     @classmethod
     def _parse_dsn(cls, value: object) -> object:
@@ -160,7 +209,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "whisper_language", "whisper_compute_type", "max_file_mb", "database_url", mode="before"
+        "whisper_language",
+        "whisper_compute_type",
+        "max_file_mb",
+        "database_url",
+        "webhook_url",
+        mode="before",
     )
     @classmethod
     def _blank_is_none(cls, value: object) -> object:

@@ -111,3 +111,7 @@ class AlreadyRunningError(VoicebotError):
 
 class BackupError(VoicebotError):
     """A backup or restore cannot go ahead; the message says why and changes nothing."""
+
+
+class NotRecordedError(VoicebotError):
+    """A webhook update's batch could not be recorded; it is not acknowledged (Telegram resends)."""

@@ -7,12 +7,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from aiogram.exceptions import ClientDecodeError, TelegramAPIError
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from voicebot.models import Job, JobStatus
 
 if TYPE_CHECKING:
+    from aiogram import Bot
+
     from voicebot.db import Sessions
 
 #: How long the database may take to answer before it counts as not answering.
@@ -20,6 +23,8 @@ DATABASE_TIMEOUT = 2.0
 #: A polling loop that has not gone round for this long is stuck: a round waits at most for
 #: Telegram's long poll (30 s), the HTTP timeout around it (60 s) and the longest back-off (30 s).
 POLLING_STALE_SECONDS = 150.0
+#: How long getWebhookInfo may take before the webhook counts as not known to be set.
+TELEGRAM_TIMEOUT = 5.0
 
 
 @dataclass
@@ -33,6 +38,10 @@ class Health:
     #: When the polling loop last went round (monotonic seconds); None: it is not running.
     polling_at: float | None = None
     stopping: bool = False
+    #: Webhook mode: the WEBHOOK_URL Telegram must have set (None: polling mode), and the bot
+    #: that asks it, once setWebhook succeeded (None until then).
+    webhook_url: str | None = None
+    webhook_bot: Bot | None = None
 
 
 @dataclass(frozen=True)
@@ -45,20 +54,41 @@ class Check:
 
 
 async def checks(health: Health) -> list[Check]:
-    """Each readiness fact now: database, model, broker, polling."""
+    """Each readiness fact now: database, model, broker, and polling or the webhook."""
     now = time.monotonic()
-    if health.polling_at is None:
-        polling = Check("polling", False, "stopping" if health.stopping else "not running")
+    if health.webhook_url is not None:
+        receiving = await _webhook(health)
+    elif health.polling_at is None:
+        receiving = Check("polling", False, "stopping" if health.stopping else "not running")
     elif now - health.polling_at > POLLING_STALE_SECONDS:
-        polling = Check("polling", False, f"stuck for {now - health.polling_at:.0f} s")
+        receiving = Check("polling", False, f"stuck for {now - health.polling_at:.0f} s")
     else:
-        polling = Check("polling", True, "running")
+        receiving = Check("polling", True, "running")
     return [
         await _database(health.sessions),
         Check("model", health.model is not None, health.model or "not loaded"),
         Check("broker", health.broker, "started" if health.broker else "not started"),
-        polling,
+        receiving,
     ]
+
+
+async def _webhook(health: Health) -> Check:
+    """Whether Telegram has WEBHOOK_URL set now (getWebhookInfo), with its last delivery error."""
+    bot = health.webhook_bot
+    if bot is None:
+        return Check("webhook", False, "stopping" if health.stopping else "not set yet")
+    try:
+        async with asyncio.timeout(TELEGRAM_TIMEOUT):
+            info = await bot.get_webhook_info()
+    except (TimeoutError, TelegramAPIError, ClientDecodeError) as error:
+        return Check("webhook", False, f"getWebhookInfo failed: {str(error)[:200]}")
+    if info.url != health.webhook_url:
+        # Someone set another, or a polling instance of this bot deleted it.
+        return Check("webhook", False, f"Telegram has {info.url or 'no webhook'} set")
+    detail = f"set, {info.pending_update_count} pending"
+    if info.last_error_message:
+        detail += f"; last delivery error: {info.last_error_message[:200]}"
+    return Check("webhook", True, detail)
 
 
 async def _database(sessions: Sessions | None) -> Check:

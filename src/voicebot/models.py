@@ -204,6 +204,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    #: When a cancelled job's "Cancelled" was shown (or given up on); None: still to be told.
+    told_at: Mapped[datetime | None]
 
 
 class Usage(Base):
@@ -238,6 +240,16 @@ class Transaction(Base):
     telegram_payment_charge_id: Mapped[str | None] = mapped_column(String(256))
     payload: Mapped[str | None] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class HandledUpdate(Base):
+    """A Telegram update whose handling is committed: a redelivery of it is skipped."""
+
+    __tablename__ = "handled_updates"
+    #: The bot's id (the token's first part): update ids are counted per bot.
+    bot_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    handled_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +332,35 @@ async def insert_job(session: AsyncSession, **values: Any) -> int | None:
         .returning(Job.id)
     )
     return found.scalar_one_or_none()
+
+
+async def handled_update_ids(
+    session: AsyncSession, *, bot_id: int, update_ids: list[int]
+) -> set[int]:
+    """Which of `update_ids` were handled already (see `mark_handled`)."""
+    if not update_ids:
+        return set()
+    found = await session.scalars(
+        select(HandledUpdate.update_id).where(
+            HandledUpdate.bot_id == bot_id, HandledUpdate.update_id.in_(update_ids)
+        )
+    )
+    return set(found)
+
+
+async def mark_handled(session: AsyncSession, *, bot_id: int, update_ids: list[int]) -> None:
+    """Note `update_ids` as handled; one noted already (a concurrent redelivery) stays as it was."""
+    if not update_ids:
+        return
+    now = utcnow()
+    rows = [
+        {"bot_id": bot_id, "update_id": update_id, "handled_at": now} for update_id in update_ids
+    ]
+    await session.execute(
+        _insert_for(session)(HandledUpdate)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=[HandledUpdate.bot_id, HandledUpdate.update_id])
+    )
 
 
 async def set_chat_language(
@@ -411,14 +452,15 @@ async def _turn_of(session: AsyncSession, *, user_id: int, job_id: int, since: d
 
 
 async def untold_job_ids(session: AsyncSession) -> list[int]:
-    """Jobs whose user has not seen their end, oldest first: the unfinished ones, and those
-    cancelled before their first reply (by /forget), whose "Cancelled" is still to be shown."""
+    """Jobs whose user has not seen their end, oldest first: the unfinished ones, and the
+    cancelled ones whose "Cancelled" is still to be shown (the process that cancelled them,
+    or the one running them, was stopped before it told)."""
     found = await session.execute(
         select(Job.id)
         .where(
             or_(
                 Job.status.in_(ACTIVE),
-                and_(Job.status == JobStatus.cancelled, Job.status_message_id.is_(None)),
+                and_(Job.status == JobStatus.cancelled, Job.told_at.is_(None)),
             )
         )
         .order_by(Job.id)

@@ -24,8 +24,9 @@ from aiogram.utils.backoff import Backoff, BackoffConfig
 from pydantic import ValidationError
 
 from voicebot.groups import ui_languages
-from voicebot.intake import TRANSIENT_DB_ERRORS, Intake, Refusal, record
+from voicebot.intake import TRANSIENT_DB_ERRORS, Intake, Recorded, Refusal, record
 from voicebot.jobs import Runtime
+from voicebot.models import handled_update_ids, mark_handled
 from voicebot.outputs import answer_press
 from voicebot.ratelimits import may_notify
 
@@ -86,24 +87,39 @@ async def poll(
 
 async def handle_batch(runtime: Runtime, dispatcher: Dispatcher, batch: list[Any]) -> int | None:
     """Handle one getUpdates batch and commit its jobs; return the offset that confirms it."""
-    bot = runtime.bot
-    started = time.monotonic()
     update_ids = [
         item["update_id"]
         for item in batch
         if isinstance(item, dict) and isinstance(item.get("update_id"), int)
     ]
-    updates = [update for item in batch if (update := parse_update(item, bot)) is not None]
+    updates = [update for item in batch if (update := parse_update(item, runtime.bot)) is not None]
     runtime.metrics.received(updates, unparseable=len(batch) - len(updates))
-    intake = Intake()
-    # The batch's senders' interface languages in one read, for the locale middleware.
+    recorded = await record_updates(runtime, dispatcher, updates, update_ids=update_ids)
+    await follow_up(runtime, recorded)
+    return max(update_ids) + 1 if update_ids else None
+
+
+async def record_updates(
+    runtime: Runtime, dispatcher: Dispatcher, updates: list[Update], *, update_ids: list[int]
+) -> Recorded:
+    """Handle the updates not handled before, commit their jobs, then note all `update_ids`
+    as handled; what their senders are told comes after (`follow_up`).
+
+    A redelivered update (its id noted) is skipped. Not closed: a handler's own effects (a
+    reply, a settings change) happen before the ids are committed, so a process killed in
+    between repeats them on redelivery; a recording's job is kept once by its own key.
+    """
+    bot = runtime.bot
+    started = time.monotonic()
+    # The batch's senders' interface languages in the same read, for the locale middleware.
     speakers = [sender.id for update in updates if (sender := sender_of(update)) is not None]
-    try:
-        async with runtime.sessions() as session:
-            languages = await ui_languages(session, user_ids=speakers) if speakers else {}
-    except TRANSIENT_DB_ERRORS as error:
-        log.warning("locales_not_read", error=repr(error))  # each update reads its own
-        languages = {}
+    async with runtime.sessions() as session:
+        handled = await handled_update_ids(session, bot_id=bot.id, update_ids=update_ids)
+        languages = await ui_languages(session, user_ids=speakers) if speakers else {}
+    if handled:
+        log.info("updates_redelivered", update_ids=sorted(handled))
+        updates = [update for update in updates if update.update_id not in handled]
+    intake = Intake()
     results = await asyncio.gather(
         *(
             feed(dispatcher, bot, update, intake=intake, ui_languages=languages)
@@ -123,25 +139,30 @@ async def handle_batch(runtime: Runtime, dispatcher: Dispatcher, batch: list[Any
     recorded = await record(
         runtime.sessions, intake, settings=runtime.settings, limiters=runtime.limiters
     )
-    stored = time.monotonic()
+    async with runtime.sessions() as session:
+        await mark_handled(session, bot_id=bot.id, update_ids=update_ids)
+        await session.commit()
     for reason in recorded.reasons:
         runtime.metrics.refused(reason)
+    log.debug(
+        "batch_recorded",
+        updates=len(update_ids),
+        jobs=len(recorded.job_ids),
+        refused=len(recorded.refused),
+        seconds=round(time.monotonic() - started, 4),
+        handlers=round(fed - started, 4),
+    )
+    return recorded
+
+
+async def follow_up(runtime: Runtime, recorded: Recorded) -> None:
+    """After a batch is recorded: tell refusals, answer presses, and start the new jobs."""
     await asyncio.gather(
         *(tell_refusal(runtime, refusal) for refusal in recorded.refused),
         *(answer_press(press) for press in recorded.answers),  # button presses (Translate)
     )
     for job_id in recorded.job_ids:
         await runtime.kick(job_id)
-    log.debug(
-        "batch_handled",
-        updates=len(batch),
-        jobs=len(recorded.job_ids),
-        refused=len(recorded.refused),
-        seconds=round(time.monotonic() - started, 4),
-        handlers=round(fed - started, 4),
-        record=round(stored - fed, 4),
-    )
-    return max(update_ids) + 1 if update_ids else None
 
 
 async def feed(dispatcher: Dispatcher, bot: Bot, update: Update, **kwargs: Any) -> Any:

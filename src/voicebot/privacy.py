@@ -13,7 +13,8 @@ deliver one of the forgotten transcripts (a cache hit of someone who sent the sa
 
 Retention: transcripts live `cache.kept_days` (the shorter of CACHE_TTL_DAYS and RETENTION_DAYS)
 and the cache serves them only that long (`cache.serving_days`); the texts of finished jobs are
-cleared after RETENTION_DAYS. `purge_periodically` does both at start and every
+cleared after RETENTION_DAYS. The ids of handled updates (no user data) go after
+HANDLED_UPDATE_DAYS. `purge_periodically` does all three at start and every
 PURGE_INTERVAL_SECONDS.
 """
 
@@ -31,10 +32,24 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from voicebot import cache
 from voicebot.config import Settings
 from voicebot.db import Sessions
-from voicebot.models import ACTIVE, FINAL, Chat, Job, JobStatus, Transcript, User, utcnow
+from voicebot.models import (
+    ACTIVE,
+    FINAL,
+    Chat,
+    HandledUpdate,
+    Job,
+    JobStatus,
+    Transcript,
+    User,
+    utcnow,
+)
 from voicebot.quotas import lock_user
 
 log = structlog.get_logger(__name__)
+
+#: Telegram keeps an unconfirmed update for 24 hours: a redelivery comes within that, so the
+#: id of a handled update is kept twice as long, then dropped.
+HANDLED_UPDATE_DAYS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +69,8 @@ class Purged:
     transcripts: int
     #: Finished jobs whose texts (file name, failure text) were cleared.
     jobs: int
+    #: Ids of handled updates dropped (past HANDLED_UPDATE_DAYS).
+    updates: int = 0
 
 
 async def forget(session: AsyncSession, *, user_id: int, now: datetime) -> Forgotten:
@@ -123,7 +140,8 @@ async def forget(session: AsyncSession, *, user_id: int, now: datetime) -> Forgo
 
 
 async def purge_old(session: AsyncSession, *, now: datetime, settings: Settings) -> Purged:
-    """Delete transcripts past their lifetime and clear texts of finished jobs past retention."""
+    """Delete transcripts past their lifetime, clear texts of finished jobs past retention, and
+    drop the ids of handled updates past HANDLED_UPDATE_DAYS."""
     transcripts = await cache.purge_expired(session, now=now, ttl_days=cache.kept_days(settings))
     jobs = 0
     if settings.retention_days > 0:
@@ -138,20 +156,29 @@ async def purge_old(session: AsyncSession, *, now: datetime, settings: Settings)
             .execution_options(synchronize_session=False)
         )
         jobs = int(getattr(cleared, "rowcount", 0) or 0)
-    return Purged(transcripts=transcripts, jobs=jobs)
+    dropped = await session.execute(
+        delete(HandledUpdate)
+        .where(HandledUpdate.handled_at <= now - timedelta(days=HANDLED_UPDATE_DAYS))
+        .execution_options(synchronize_session=False)
+    )
+    updates = int(getattr(dropped, "rowcount", 0) or 0)
+    return Purged(transcripts=transcripts, jobs=jobs, updates=updates)
 
 
 async def purge_periodically(sessions: Sessions, *, settings: Settings) -> None:
     """`purge_old` now and every PURGE_INTERVAL_SECONDS, until cancelled."""
-    if cache.kept_days(settings) <= 0 and settings.retention_days <= 0:
-        return  # everything is kept
     while True:
         try:
             async with sessions() as session:
                 purged = await purge_old(session, now=utcnow(), settings=settings)
                 await session.commit()
-            if purged.transcripts or purged.jobs:
-                log.info("cache_purged", transcripts=purged.transcripts, jobs=purged.jobs)
+            if purged.transcripts or purged.jobs or purged.updates:
+                log.info(
+                    "cache_purged",
+                    transcripts=purged.transcripts,
+                    jobs=purged.jobs,
+                    updates=purged.updates,
+                )
         except SQLAlchemyError as error:
             # A busy or unreachable database: the next round tries again; serving goes on.
             log.warning("cache_purge_failed", error=repr(error))

@@ -1,16 +1,25 @@
-"""The service on one machine: bot, workers and database in one process."""
+"""The service on one machine: bot, workers and database in one process.
+
+Updates come by long polling (BOT_MODE=polling, the default) or to the HTTP app's webhook
+(BOT_MODE=webhook); either way each is confirmed to Telegram only after it is recorded.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+from typing import TYPE_CHECKING
 
 import structlog
-from aiogram import Bot
+from aiogram import Bot, Dispatcher
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
-from aiogram.exceptions import TelegramNetworkError, TelegramUnauthorizedError
+from aiogram.exceptions import (
+    TelegramBadRequest,
+    TelegramNetworkError,
+    TelegramUnauthorizedError,
+)
 from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, User
 from aiogram.utils.i18n import I18n
 
@@ -32,6 +41,9 @@ from voicebot.metrics import set_current as set_current_metrics
 from voicebot.polling import poll
 from voicebot.ratelimits import build_limiters
 from voicebot.slots import Slots
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = structlog.get_logger(__name__)
 
@@ -58,17 +70,21 @@ def build_bot(settings: Settings) -> Bot:
 
 async def serve(settings: Settings) -> None:
     """Run until SIGINT/SIGTERM; then finish running jobs within the grace period."""
+    check_mode(settings)
     bot = build_bot(settings)
     i18n = build_i18n()
     # Current for the whole service: the tasks created below inherit it, and each update or
     # job picks its own locale within it (English where none is chosen).
     i18n.set_current(i18n)
     metrics, health = build_metrics(), Health()
+    if settings.bot_mode == "webhook":
+        health.webhook_url = settings.webhook_url
     set_current_metrics(metrics)  # for `delivery.with_retries`, as i18n above
     bot.session.middleware(metrics.count_telegram_errors)
     try:
         # The HTTP app first: /health answers, and /ready says what is missing, during start-up.
-        async with _http(settings, health, metrics):
+        app = _build_app(settings, health, metrics)
+        async with _serving(app, settings):
             me = await _check_token(bot, settings)
             await upgrade_async(settings.sqlalchemy_url)
             database = build_db_engine(settings.sqlalchemy_url)
@@ -88,7 +104,7 @@ async def serve(settings: Settings) -> None:
                     health=health,
                 )
                 metrics.running_jobs.set_function(lambda: len(runtime.running))
-                await _poll(runtime, me, i18n)
+                await _run(runtime, me, i18n, app)
             finally:
                 health.sessions = None
                 await database.dispose()
@@ -97,21 +113,50 @@ async def serve(settings: Settings) -> None:
     log.info("stopped")
 
 
-def _http(
-    settings: Settings, health: Health, metrics: Metrics
-) -> contextlib.AbstractAsyncContextManager[None]:
-    """Serve the HTTP app on HTTP_HOST:HTTP_PORT while the block runs (HTTP_PORT=0: nothing)."""
+def check_mode(settings: Settings) -> None:
+    """A one-line ConfigError for what webhook mode lacks (BOT_MODE=webhook)."""
+    if settings.bot_mode != "webhook":
+        return
+    missing = [
+        name
+        for name, value in (
+            ("WEBHOOK_URL", settings.webhook_url),
+            ("WEBHOOK_SECRET", settings.webhook_secret),
+        )
+        if value is None
+    ]
+    if missing:
+        raise ConfigError(
+            f"BOT_MODE=webhook needs {' and '.join(missing)}: the public HTTPS address Telegram "
+            "posts updates to, and a secret it sends with them (openssl rand -hex 32)"
+        )
     if settings.http_port == 0:
-        return contextlib.nullcontext()
+        raise ConfigError("BOT_MODE=webhook needs the HTTP app: set HTTP_PORT (not 0)")
+
+
+def _build_app(settings: Settings, health: Health, metrics: Metrics) -> FastAPI | None:
+    """The HTTP app, or None when HTTP_PORT=0."""
+    if settings.http_port == 0:
+        return None
     # Imported here: FastAPI takes a second to import, which a start that fails early (a bad
     # token) or runs without the app (tests: HTTP_PORT=0) need not wait for.
-    from voicebot.web.app import build_app, serving
+    from voicebot.web.app import build_app
 
-    app = build_app(settings, health, metrics)
-    return serving(app, host=settings.http_host, port=settings.http_port)
+    return build_app(settings, health, metrics)
 
 
-async def _poll(runtime: Runtime, me: User, i18n: I18n) -> None:
+def _serving(
+    app: FastAPI | None, settings: Settings
+) -> contextlib.AbstractAsyncContextManager[None]:
+    """Serve `app` on HTTP_HOST:HTTP_PORT while the block runs (no app: nothing)."""
+    if app is None:
+        return contextlib.nullcontext()
+    from voicebot.web.app import serving
+
+    return serving(app, settings)
+
+
+async def _run(runtime: Runtime, me: User, i18n: I18n, app: FastAPI | None) -> None:
     settings, bot = runtime.settings, runtime.bot
     broker = build_broker(runtime)
     dispatcher = build_dispatcher(runtime, i18n=i18n)
@@ -124,6 +169,7 @@ async def _poll(runtime: Runtime, me: User, i18n: I18n) -> None:
             api=settings.telegram_api_url,
             model=settings.whisper_model,
             workers=settings.workers,
+            mode=settings.bot_mode,
         )
         await set_menus(bot, settings, i18n)
         await recover(runtime)
@@ -136,7 +182,14 @@ async def _poll(runtime: Runtime, me: User, i18n: I18n) -> None:
             asyncio.create_task(positions.show_positions(runtime)),
         ]
         try:
-            await poll(runtime, dispatcher, _stop_on_signals())
+            stop = _stop_on_signals()
+            if app is not None and settings.bot_mode == "webhook":
+                await _take_webhooks(runtime, dispatcher, app, stop)
+            else:
+                # getUpdates is refused while a webhook is set: going back to polling needs
+                # no more than this (updates Telegram holds stay, and come by polling).
+                await bot.delete_webhook(drop_pending_updates=False)
+                await poll(runtime, dispatcher, stop)
             runtime.health.stopping = True
         finally:
             for task in background:
@@ -154,6 +207,43 @@ async def _poll(runtime: Runtime, me: User, i18n: I18n) -> None:
     finally:
         runtime.health.broker = False
         await broker.shutdown()
+
+
+async def _take_webhooks(
+    runtime: Runtime, dispatcher: Dispatcher, app: FastAPI, stop: asyncio.Event
+) -> None:
+    """Take updates at POST /telegram/webhook until `stop`; then record what came already."""
+    from voicebot.web.webhook import Inbox
+
+    settings, bot = runtime.settings, runtime.bot
+    assert settings.webhook_url is not None  # check_mode made sure of both
+    assert settings.webhook_secret is not None
+    inbox = Inbox(runtime, dispatcher)
+    inbox.start()
+    app.state.inbox = inbox  # before setWebhook: the first update may follow it at once
+    try:
+        allowed = dispatcher.resolve_used_update_types()
+        try:
+            await bot.set_webhook(
+                settings.webhook_url,
+                secret_token=settings.webhook_secret.get_secret_value(),
+                allowed_updates=allowed,
+                max_connections=settings.webhook_max_connections,
+                drop_pending_updates=False,
+            )
+        except TelegramBadRequest as error:
+            raise ConfigError(
+                f"Telegram refused WEBHOOK_URL={settings.webhook_url}: {error.message}"
+            ) from error
+        runtime.health.webhook_bot = bot
+        log.info("webhook_set", url=settings.webhook_url, allowed_updates=allowed)
+        await stop.wait()
+    finally:
+        # New requests get 503 (Telegram keeps those updates and sends them again); the webhook
+        # stays set, so a restart, or another instance behind the same URL, takes them.
+        app.state.inbox = None
+        runtime.health.webhook_bot = None
+        await inbox.close()
 
 
 async def set_menus(bot: Bot, settings: Settings, i18n: I18n) -> None:

@@ -23,6 +23,7 @@ from voicebot.config import Settings
 from voicebot.errors import ConfigError
 from voicebot.health import Health, checks, queue_length
 from voicebot.metrics import Metrics
+from voicebot.web import webhook
 
 log = structlog.get_logger(__name__)
 
@@ -31,14 +32,19 @@ SHUTDOWN_SECONDS = 2
 
 
 def build_app(settings: Settings, health: Health, metrics: Metrics) -> FastAPI:
-    """The HTTP app: GET /health, /ready and /metrics over the service's `health` and `metrics`."""
+    """The HTTP app: GET /health, /ready and /metrics over the service's `health` and `metrics`;
+    in webhook mode POST /telegram/webhook too, taking updates once `app.state.inbox` is set."""
     app = FastAPI(title="voicebot", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.health = health
     app.state.metrics = metrics
+    app.state.inbox = None
     app.add_api_route("/health", alive, methods=["GET"])
     app.add_api_route("/ready", ready, methods=["GET"])
     app.add_api_route("/metrics", scrape, methods=["GET"])
+    if settings.bot_mode == "webhook":
+        # A plain Starlette route: no FastAPI validation layer on the path every update takes.
+        app.add_route(webhook.PATH, webhook.receive, methods=["POST"])
     return app
 
 
@@ -105,13 +111,18 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: FastAPI, *, host: str, port: int) -> AsyncIterator[None]:
-    """Serve `app` on host:port in this event loop while the block runs, then stop it."""
+async def serving(app: FastAPI, settings: Settings) -> AsyncIterator[None]:
+    """Serve `app` on HTTP_HOST:HTTP_PORT in this event loop while the block runs, then stop it."""
+    host, port = settings.http_host, settings.http_port
     sock = listen(host, port)
     config = uvicorn.Config(
         app,
         log_config=None,  # uvicorn's lines go through our logging setup
         access_log=False,
+        # The client address is the X-Forwarded-For of a proxy in FORWARDED_ALLOW_IPS (nginx
+        # in front): what WEBHOOK_TRUSTED_NETWORKS is checked against.
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         lifespan="off",
         timeout_graceful_shutdown=SHUTDOWN_SECONDS,
     )
