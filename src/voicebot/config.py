@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     cache_ttl_days: float = Field(default=7, ge=0)
     stars_packages: Annotated[list[tuple[int, int]], NoDecode] = Field(default_factory=list)
 
+    # Admin dashboard
+    #: The token that opens /admin (the login form asks for it); None: no dashboard (404).
+    admin_token: SecretStr | None = None
+
     # Service
     data_dir: Path = Path("data")
     database_url: str | None = None
@@ -160,7 +164,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "whisper_language", "whisper_compute_type", "max_file_mb", "database_url", mode="before"
+        "whisper_language",
+        "whisper_compute_type",
+        "max_file_mb",
+        "database_url",
+        "admin_token",
+        mode="before",
     )
     @classmethod
     def _blank_is_none(cls, value: object) -> object:
