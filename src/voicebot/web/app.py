@@ -23,6 +23,7 @@ from voicebot.config import Settings
 from voicebot.errors import ConfigError
 from voicebot.health import Health, checks, queue_length
 from voicebot.metrics import Metrics
+from voicebot.web.admin import mount_dashboard
 
 log = structlog.get_logger(__name__)
 
@@ -39,6 +40,7 @@ def build_app(settings: Settings, health: Health, metrics: Metrics) -> FastAPI:
     app.add_api_route("/health", alive, methods=["GET"])
     app.add_api_route("/ready", ready, methods=["GET"])
     app.add_api_route("/metrics", scrape, methods=["GET"])
+    mount_dashboard(app)
     return app
 
 
