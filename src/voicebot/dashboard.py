@@ -1,8 +1,7 @@
 """What the admin dashboard shows, read from the database (all bot processes together).
 
-Every function takes `session` first and only reads. Days are UTC calendar days: `func.date`
-over the stored UTC times on SQLite; on PostgreSQL `date()` of a timestamptz follows the
-connection's TimeZone, UTC unless the server is set otherwise.
+Every function takes `session` first and only reads. Days are UTC calendar days on SQLite and
+PostgreSQL alike (see `_utc_day`).
 """
 
 from __future__ import annotations
@@ -99,6 +98,15 @@ def percentile(values: Sequence[float], share: float) -> float:
     return values[low] + (values[high] - values[low]) * (position - low)
 
 
+def _utc_day(session: AsyncSession, column: Any) -> Any:
+    """SQL for the UTC calendar day of a timestamp column."""
+    if session.get_bind().dialect.name == "postgresql":
+        # date() of a timestamptz is the day in the connection's TimeZone, which the server or
+        # the role may set to anything: take the day of its UTC wall time instead.
+        return func.date(func.timezone("UTC", column))
+    return func.date(column)  # SQLite stores UTC wall times
+
+
 def _day(value: Any) -> date:
     """A `func.date` result as a date: SQLite answers 'YYYY-MM-DD', PostgreSQL a date."""
     return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
@@ -107,7 +115,7 @@ def _day(value: Any) -> date:
 async def days(session: AsyncSession, *, first: date, last: date) -> list[Day]:
     """Each day from `first` to `last`, days without jobs included (with zeros)."""
     since, until = day_start(first), day_start(last + timedelta(days=1))
-    job_day = func.date(Job.created_at)
+    job_day = _utc_day(session, Job.created_at)
     accepted = {
         _day(day): int(count)
         for day, count in await session.execute(
@@ -116,7 +124,7 @@ async def days(session: AsyncSession, *, first: date, last: date) -> list[Day]:
             .group_by(job_day)
         )
     }
-    usage_day = func.date(Usage.created_at)
+    usage_day = _utc_day(session, Usage.created_at)
     used = {
         _day(day): (int(count), int(cached or 0), float(seconds or 0.0))
         for day, count, cached, seconds in await session.execute(
