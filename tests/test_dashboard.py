@@ -264,6 +264,8 @@ async def test_login_sets_a_strict_cookie_then_the_dashboard_shows_the_data(
         assert "set-cookie" not in wrong.headers
         assert "Wrong token." in wrong.text
         assert 'name="token"' in wrong.text
+        stuffed = await client.post("/admin/login", data={f"f{n}": "x" for n in range(20)})
+        assert stuffed.status_code == 401
 
         right = await client.post("/admin/login", data={"token": TOKEN})
         assert (right.status_code, right.headers["location"]) == (303, "/admin")

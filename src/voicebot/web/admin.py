@@ -144,7 +144,10 @@ async def login(request: Request) -> Response:
         refused = _page(request, "login.html", 429, error=f"Too many failed logins: wait {wait} s.")
         refused.headers["Retry-After"] = str(wait)
         return refused
-    form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
+    try:
+        form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=10)
+    except ValueError:  # more fields than a login has: not our form
+        form = {}
     given = (form.get("token") or [""])[0]
     if not hmac.compare_digest(given.encode(), admin.token.encode()):
         await admin.limiter.hit(admin.failed_logins, "admin-login", client)
