@@ -16,9 +16,10 @@
     data: {
       labels: data.days,
       datasets: [
-        { type: "bar", label: "Jobs", data: data.jobs, backgroundColor: "#93c5fd", yAxisID: "jobs" },
+        { type: "bar", label: "Jobs", data: data.jobs, backgroundColor: "#93c5fd", yAxisID: "jobs",
+          order: 2 },
         { type: "line", label: "Audio minutes", data: data.audio_minutes, borderColor: "#16a34a",
-          backgroundColor: "#16a34a", yAxisID: "minutes" },
+          backgroundColor: "#16a34a", yAxisID: "minutes", order: 1 },  // drawn over the bars
       ],
     },
     options: {
