@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
-.PHONY: run test test-tools lint format bench sync uv locales
+.PHONY: run test test-tools lint format bench sync uv locales vendor
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
@@ -19,7 +19,8 @@ test: sync test-tools
 
 # Tools the tests check operator files with (tests/test_deploy.py; a missing one fails in CI):
 # nginx for `nginx -t`, openssl for its test certificate, promtool (Debian's `prometheus`
-# package) for `promtool check rules`. Debian's packages, as root.
+# package) for `promtool check rules`; chromium for the dashboard's browser test
+# (tests/test_dashboard.py). Debian's packages, as root.
 test-tools:
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -34,6 +35,13 @@ test-tools:
 				--no-install-recommends prometheus >/dev/null; \
 		else \
 			echo "promtool is missing: install Debian's prometheus as root"; \
+		fi; }
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends chromium >/dev/null; \
+		else \
+			echo "chromium is missing: install Debian's chromium as root"; \
 		fi; }
 
 lint: sync
@@ -72,3 +80,20 @@ bench: sync
 	$(UV) run python benchmarks/ingest.py --backlog 0 --burst 500 --users 100 --rate 250 \
 		--default-limits --no-transcription --output bench-results/admission.md
 	$(UV) run python benchmarks/cache.py
+
+# The admin dashboard's Chart.js, from the npm registry: its UMD build and licence, unchanged,
+# with the version and the tarball's integrity noted beside them. Committed: the page works
+# offline. Bump CHARTJS and run `make vendor` to refresh it.
+CHARTJS := 4.6.1
+VENDOR := src/voicebot/web/static/vendor
+
+vendor:
+	set -euo pipefail; work=$$(mktemp -d); trap 'rm -rf "$$work"' EXIT; \
+	npm pack --silent --json --pack-destination "$$work" chart.js@$(CHARTJS) > "$$work/pack.json"; \
+	tar -xzf "$$work"/chart.js-*.tgz -C "$$work"; \
+	mkdir -p $(VENDOR); \
+	cp "$$work/package/dist/chart.umd.min.js" $(VENDOR)/chart.umd.min.js; \
+	cp "$$work/package/LICENSE.md" $(VENDOR)/chart.js.LICENSE.md; \
+	python3 -c 'import json, sys; p = json.load(open(sys.argv[1]))[0]; \
+		print(p["name"], p["version"], "(npm)", p["integrity"])' \
+		"$$work/pack.json" > $(VENDOR)/chart.js.VERSION

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     cache_ttl_days: float = Field(default=7, ge=0)
     stars_packages: Annotated[list[tuple[int, int]], NoDecode] = Field(default_factory=list)
 
+    # Admin dashboard
+    #: The token that opens /admin (the login form asks for it); None: no dashboard (404).
+    admin_token: SecretStr | None = None
+
     # Service
     data_dir: Path = Path("data")
     database_url: str | None = None
@@ -214,6 +218,7 @@ class Settings(BaseSettings):
         "max_file_mb",
         "database_url",
         "webhook_url",
+        "admin_token",
         mode="before",
     )
     @classmethod

@@ -29,16 +29,21 @@ class Limiters:
     notices: RateLimitItem
 
 
-def build_limiters(settings: Settings) -> Limiters:
-    """Limiters over the storage RATE_LIMIT_STORAGE_URL names."""
+def build_limiter(settings: Settings) -> MovingWindowRateLimiter:
+    """A moving-window limiter over the storage RATE_LIMIT_STORAGE_URL names."""
     url = settings.rate_limit_storage_url
     scheme = url.split("://", 1)[0]
     try:
         storage = storage_from_string(url if scheme.startswith("async+") else f"async+{url}")
     except Exception as error:
         raise ConfigError(f"RATE_LIMIT_STORAGE_URL={url} is not usable: {error}") from error
+    return MovingWindowRateLimiter(storage)
+
+
+def build_limiters(settings: Settings) -> Limiters:
+    """Limiters over the storage RATE_LIMIT_STORAGE_URL names."""
     return Limiters(
-        limiter=MovingWindowRateLimiter(storage),
+        limiter=build_limiter(settings),
         per_user=RateLimitItemPerMinute(settings.user_jobs_per_minute),
         everyone=RateLimitItemPerMinute(settings.global_jobs_per_minute),
         notices=RateLimitItemPerMinute(1),

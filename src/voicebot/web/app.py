@@ -24,6 +24,7 @@ from voicebot.errors import ConfigError
 from voicebot.health import Health, checks, queue_length
 from voicebot.metrics import Metrics
 from voicebot.web import webhook
+from voicebot.web.admin import mount_dashboard
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +46,7 @@ def build_app(settings: Settings, health: Health, metrics: Metrics) -> FastAPI:
     if settings.bot_mode == "webhook":
         # A plain Starlette route: no FastAPI validation layer on the path every update takes.
         app.add_route(webhook.PATH, webhook.receive, methods=["POST"])
+    mount_dashboard(app)
     return app
 
 
