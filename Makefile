@@ -80,6 +80,8 @@ bench: sync
 	$(UV) run python benchmarks/ingest.py --backlog 0 --burst 500 --users 100 --rate 250 \
 		--default-limits --no-transcription --output bench-results/admission.md
 	$(UV) run python benchmarks/cache.py
+	$(UV) run python benchmarks/webhook.py
+	$(UV) run python benchmarks/webhook.py --no-transcription --output bench-results/webhook-door.md
 
 # The admin dashboard's Chart.js, from the npm registry: its UMD build and licence, unchanged,
 # with the version and the tarball's integrity noted beside them. Committed: the page works
