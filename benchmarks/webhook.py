@@ -102,7 +102,7 @@ async def run(args: argparse.Namespace, notes: list[Note]) -> str:
                 HTTP_PORT=str(port),
                 WEBHOOK_URL=f"http://127.0.0.1:{port}/telegram/webhook",
                 WEBHOOK_SECRET=SECRET,
-                LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+                LOG_LEVEL="WARNING",
                 **({} if args.default_limits else LIFTED),
             )
             try:
@@ -122,8 +122,6 @@ async def run(args: argparse.Namespace, notes: list[Note]) -> str:
             finally:
                 if bot.process is not None and not bot.exited:
                     await bot.stop(signal.SIGKILL)
-                if os.environ.get("BENCH_KEEP_LOG"):
-                    Path(os.environ["BENCH_KEEP_LOG"]).write_text(bot.output())
     media = sum(1 for p in pushed if p.kind != "text")
     assert len(latencies) == len(bodies), "not every update was acknowledged"
     if not args.default_limits:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+
+from voicebot.db import build_engine, build_sessions, upgrade_async
+from voicebot.health import Health, checks
 
 from .botproc import BotProcess
 from .fakes import FakeBotAPI
@@ -192,3 +197,29 @@ async def test_a_busy_port_is_one_line_at_start(
     last = bot.output().strip().splitlines()[-1]
     assert last.startswith(f"voicebot: cannot listen on HTTP_HOST=127.0.0.1 HTTP_PORT={port}:")
     assert not api.calls_of("getUpdates")
+
+
+async def test_ready_names_a_database_that_does_not_answer(tmp_path: Path) -> None:
+    """A database whose file went away (its directory removed) fails the database check with
+    the error's class; a migrated one passes; the other checks are told apart."""
+    path = tmp_path / "gone" / "voicebot.db"
+    url = f"sqlite+aiosqlite:///{path}"
+    await upgrade_async(url)
+    engine = build_engine(url)
+    try:
+        health = Health(sessions=build_sessions(engine), model="tiny.en", broker=True)
+        health.polling_at = time.monotonic()
+        assert [(c.name, c.ok) for c in await checks(health)] == [
+            ("database", True),
+            ("model", True),
+            ("broker", True),
+            ("polling", True),
+        ]
+        await engine.dispose()  # the next session opens the file anew
+        shutil.rmtree(path.parent)
+        found = {c.name: c for c in await checks(health)}
+        assert not found["database"].ok
+        assert found["database"].detail.startswith("OperationalError: ")
+        assert [name for name, check in found.items() if not check.ok] == ["database"]
+    finally:
+        await engine.dispose()
