@@ -46,6 +46,13 @@ CLIPS = (
 TEXTS = ("/start", "/help", "hello", "what do you do?", "thanks!")
 FIRST_USER = 100_000
 POLL_SECONDS = 0.05
+#: Bounds raised out of reach: every message is accepted.
+LIFTED = {
+    "USER_MAX_ACTIVE_JOBS": "100000",
+    "USER_JOBS_PER_MINUTE": "100000",
+    "GLOBAL_JOBS_PER_MINUTE": "100000",
+    "MAX_QUEUE_SIZE": "100000",
+}
 RECORDED = (
     "A media message is *recorded* when its row is committed to the `jobs` table (time: the row's "
     "`created_at`, taken at insert); a text is recorded when the bot's answer reaches the Bot API "
@@ -113,20 +120,7 @@ def main() -> None:
         "--rate", type=float, default=0.0, help="burst push rate, updates/s (0: all at once)"
     )
     parser.add_argument("--timeout", type=float, default=90.0, help="deadline per phase, seconds")
-    parser.add_argument(
-        "--default-limits",
-        action="store_true",
-        help="keep the default rate limits, active-job and queue bounds (many media are refused)",
-    )
-    parser.add_argument(
-        "--no-transcription",
-        action="store_true",
-        help="media that fail at once (declared over the 20 MB download limit): the door only",
-    )
-    parser.add_argument("--seed", type=int, default=6)
-    parser.add_argument(
-        "--corpus", type=Path, default=Path(os.environ.get("CORPUS_DIR", DEFAULT_CORPUS))
-    )
+    add_mix_options(parser, seed=6)
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results" / "ingest.md")
     args = parser.parse_args()
 
@@ -140,6 +134,24 @@ def main() -> None:
     print(table)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(table, encoding="utf-8")
+
+
+def add_mix_options(parser: argparse.ArgumentParser, *, seed: int) -> None:
+    """The options of a benchmark that sends the update mix: limits, media, seed, corpus."""
+    parser.add_argument(
+        "--default-limits",
+        action="store_true",
+        help="keep the default rate limits, active-job and queue bounds (many media are refused)",
+    )
+    parser.add_argument(
+        "--no-transcription",
+        action="store_true",
+        help="media that fail at once (declared over the 20 MB download limit): the door only",
+    )
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument(
+        "--corpus", type=Path, default=Path(os.environ.get("CORPUS_DIR", DEFAULT_CORPUS))
+    )
 
 
 def load_notes(corpus: Path) -> list[Note]:
@@ -169,12 +181,6 @@ async def run_phase(
         workdir = Path(tmp)
         database = workdir / "data" / "voicebot.db"
         async with FakeBotAPI() as api:
-            lifted = {
-                "USER_MAX_ACTIVE_JOBS": "100000",
-                "USER_JOBS_PER_MINUTE": "100000",
-                "GLOBAL_JOBS_PER_MINUTE": "100000",
-                "MAX_QUEUE_SIZE": "100000",
-            }
             bot = BotProcess(
                 api,
                 workdir,
@@ -184,7 +190,7 @@ async def run_phase(
                 DATABASE_URL=f"sqlite+aiosqlite:///{database}",
                 SHUTDOWN_GRACE_SECONDS="1",
                 # Unless asked for the defaults, every message is accepted: no bound bites.
-                **({} if args.default_limits else lifted),
+                **({} if args.default_limits else LIFTED),
             )
             try:
                 return await _measure(name, api, bot, database, args, notes, rng, count)

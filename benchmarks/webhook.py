@@ -31,9 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the test helpers: fake Bot API, bot process, test media
 
 from benchmarks.ingest import (  # noqa: E402
-    DEFAULT_CORPUS,
+    LIFTED,
     Note,
     Pushed,
+    add_mix_options,
     load_notes,
     percentile,
     push_one,
@@ -43,12 +44,6 @@ from tests.fakes import FakeBotAPI  # noqa: E402
 from tests.test_web import free_port  # noqa: E402
 
 SECRET = "benchmark-secret-0123456789abcdef"
-LIFTED = {
-    "USER_MAX_ACTIVE_JOBS": "100000",
-    "USER_JOBS_PER_MINUTE": "100000",
-    "GLOBAL_JOBS_PER_MINUTE": "100000",
-    "MAX_QUEUE_SIZE": "100000",
-}
 
 
 def main() -> None:
@@ -57,20 +52,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=1000)
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--connections", type=int, default=40, help="POSTs in flight at once")
-    parser.add_argument(
-        "--default-limits",
-        action="store_true",
-        help="keep the default rate limits, active-job and queue bounds (many media are refused)",
-    )
-    parser.add_argument(
-        "--no-transcription",
-        action="store_true",
-        help="media that fail at once (declared over the 20 MB download limit): the door only",
-    )
-    parser.add_argument("--seed", type=int, default=9)
-    parser.add_argument(
-        "--corpus", type=Path, default=Path(os.environ.get("CORPUS_DIR", DEFAULT_CORPUS))
-    )
+    add_mix_options(parser, seed=9)
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results" / "webhook.md")
     args = parser.parse_args()
     try:
