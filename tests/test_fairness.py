@@ -57,7 +57,13 @@ async def charged_job(sessions: Sessions, message_id: int, seconds: float, at: d
         session.add(job)
         await session.flush()
         await charge(
-            session, job=job, audio_seconds=seconds, processing_seconds=1, settings=settings, now=at
+            session,
+            job=job,
+            audio_seconds=seconds,
+            processing_seconds=1,
+            language="en",
+            settings=settings,
+            now=at,
         )
         await session.commit()
 
