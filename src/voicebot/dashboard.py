@@ -26,7 +26,8 @@ DAYS = 30
 TOP_USERS = 10
 #: Rows of the queue table: a longer queue is counted, not listed.
 QUEUE_ROWS = 200
-#: The label of usage charged before its language was recorded (and whose transcript was gone).
+#: The label of a usage row without a language (charged before schema 0006, its transcript
+#: gone by then), or of a failed job without an error code.
 UNKNOWN = "unknown"
 
 
