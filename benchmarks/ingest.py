@@ -242,7 +242,7 @@ async def _measure(
     while True:
         jobs = _count_jobs(database)
         answers = len(text_answers(api, phase))
-        recorded = args.default_limits or jobs >= len(media)  # refusals record nothing
+        recorded = args.default_limits or jobs >= len(media)  # a refusal records no job
         if recorded and answers >= texts and not api.pending_updates:
             break
         if bot.exited or time.monotonic() > deadline:

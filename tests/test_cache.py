@@ -223,7 +223,8 @@ async def test_purge_deletes_expired_transcripts_no_active_job_needs(sessions: S
 
 
 async def test_a_hit_is_recorded_as_cached_and_charges_nothing(sessions: Sessions) -> None:
-    """record_hit links the transcript, marks the job transcribed, and writes a cached usage row."""
+    """record_hit links the transcript, marks the job transcribed, and writes a cached usage row
+    with the transcript's language."""
     (stored,) = await add(sessions, transcript())
     (job_id,) = await add(sessions, job_for(1, JobStatus.running))
     async with sessions() as session:
@@ -239,8 +240,9 @@ async def test_a_hit_is_recorded_as_cached_and_charges_nothing(sessions: Session
     assert job is not None
     assert (job.status, job.transcript_id) == (JobStatus.transcribed, stored)
     assert [
-        (u.job_id, u.cached, u.charged_seconds, u.balance_seconds, u.audio_seconds) for u in usage
-    ] == [(job_id, True, 0.0, 0.0, 3.5)]
+        (u.job_id, u.cached, u.charged_seconds, u.balance_seconds, u.audio_seconds, u.language)
+        for u in usage
+    ] == [(job_id, True, 0.0, 0.0, 3.5, "en")]
 
 
 # ------------------------------------------------------------------ end to end: the real bot

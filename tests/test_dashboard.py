@@ -23,7 +23,7 @@ from voicebot.dashboard import Day, day_start, overview, percentile
 from voicebot.db import Sessions, build_engine, build_sessions, upgrade_async
 from voicebot.health import Health
 from voicebot.metrics import build_metrics
-from voicebot.models import Chat, Job, JobStatus, Transcript, Usage, User
+from voicebot.models import Chat, Job, JobStatus, RefusalCount, Transcript, Usage, User
 from voicebot.web.admin import COOKIE, FAILED_LOGINS_PER_MINUTE, SESSION_SECONDS, session_cookie
 from voicebot.web.app import build_app
 
@@ -47,12 +47,13 @@ CLIP = "librispeech_alif_another_door.wav"
 
 
 async def seed(sessions: Sessions, *, today: date) -> None:
-    """Known rows around `today`: three days of jobs and usage, failures, a queue, an old day.
+    """Known rows around `today`: three days of jobs and usage, failures, refusals, a queue, an
+    old day.
 
     Expected (see the tests): jobs 3 / 4 / 4 on today-2 / today-1 / today; audio 210 / 300 /
-    600 s; one cache hit of 3 on today-2; languages en 3, ru 1, unknown 1; failures
-    AudioDecodeError 2, TimeoutError 1; top users Ada 690 s, Cy 300 s, Bob 120 s; queue: Cy's
-    running job, then Bob's queued one.
+    600 s; one cache hit of 3 on today-2; languages en 2, de 1, ru 1, unknown 1; refusals
+    quota 5, banned 1, queue_full 1, rate_limit 1; failures AudioDecodeError 2, TimeoutError 1;
+    top users Ada 690 s, Cy 300 s, Bob 120 s; queue: Cy's running job, then Bob's queued one.
     """
     d0, d1, d2 = (day_start(today - timedelta(days=back)) for back in (2, 1, 0))
     old = day_start(today - timedelta(days=40))
@@ -98,14 +99,29 @@ async def seed(sessions: Sessions, *, today: date) -> None:
 
         done = JobStatus.done
         used = [
-            # (job, audio seconds, processing seconds, cached, when answered)
-            (job(ADA, d0 + timedelta(hours=1), done, transcript_id=en.id), 60, 10, False, 1),
-            (job(BOB, d0 + timedelta(hours=2), done, transcript_id=ru.id), 120, 20, False, 2),
-            (job(ADA, d0 + timedelta(hours=3), done, transcript_id=en.id), 30, 0.01, True, 3),
-            # Its transcript has been purged: the language is no longer known.
-            (job(CY, d1 + timedelta(hours=1), done), 300, 30, False, 1),
-            (job(ADA, d2 + timedelta(minutes=10), done, transcript_id=en.id), 600, 40, False, 0.5),
-            (job(ADA, old, done, transcript_id=en.id), 999, 99, False, 1),  # before the 30 days
+            # (job, audio seconds, processing seconds, cached, when answered, usage's language)
+            (job(ADA, d0 + timedelta(hours=1), done, transcript_id=en.id), 60, 10, False, 1, "en"),
+            (job(BOB, d0 + timedelta(hours=2), done, transcript_id=ru.id), 120, 20, False, 2, "ru"),
+            (job(ADA, d0 + timedelta(hours=3), done, transcript_id=en.id), 30, 0.01, True, 3, "en"),
+            # Its transcript has been purged: the usage row still knows the language.
+            (job(CY, d1 + timedelta(hours=1), done), 300, 30, False, 1, "de"),
+            # Charged before usage kept languages: unknown, though its transcript is there.
+            (
+                job(ADA, d2 + timedelta(minutes=10), done, transcript_id=en.id),
+                600,
+                40,
+                False,
+                0.5,
+                None,
+            ),
+            (
+                job(ADA, old, done, transcript_id=en.id),
+                999,
+                99,
+                False,
+                1,
+                "en",
+            ),  # before the 30 days
         ]
         for code in ("AudioDecodeError", "TimeoutError", "AudioDecodeError"):
             at = d1 + timedelta(hours=2)
@@ -114,7 +130,7 @@ async def seed(sessions: Sessions, *, today: date) -> None:
         job(CY, d2 + timedelta(minutes=5), JobStatus.running, started_at=d2 + timedelta(minutes=6))
         job(ADA, d2 + timedelta(minutes=30), JobStatus.cancelled, finished_at=d2)
         await session.flush()
-        for made, audio, processing, cached, hours in used:
+        for made, audio, processing, cached, hours, language in used:
             session.add(
                 Usage(
                     user_id=made.user_id,
@@ -122,9 +138,23 @@ async def seed(sessions: Sessions, *, today: date) -> None:
                     audio_seconds=audio,
                     processing_seconds=processing,
                     cached=cached,
+                    language=language,
                     created_at=made.created_at + timedelta(hours=hours),
                 )
             )
+        refused = [
+            # (days before today, reason, count)
+            (0, "quota", 3),
+            (0, "rate_limit", 1),
+            (1, "quota", 2),
+            (1, "banned", 1),
+            (29, "queue_full", 1),  # the first of the 30 days
+            (30, "quota", 100),  # before them
+        ]
+        session.add_all(
+            RefusalCount(day=today - timedelta(days=back), reason=reason, count=count)
+            for back, reason, count in refused
+        )
         await session.commit()
 
 
@@ -180,7 +210,8 @@ async def test_overview_counts_the_seeded_rows(sessions: Sessions) -> None:
     assert busy[TODAY - timedelta(days=2)].cache_hit_rate == pytest.approx(1 / 3)
     assert found.days[0].cache_hit_rate is None
     assert found.days[0].p50_seconds is None
-    assert found.languages == [("en", 3), ("ru", 1), ("unknown", 1)]
+    assert found.languages == [("en", 2), ("de", 1), ("ru", 1), ("unknown", 1)]
+    assert found.refusals == [("quota", 5), ("banned", 1), ("queue_full", 1), ("rate_limit", 1)]
     assert found.failures == [("AudioDecodeError", 2), ("TimeoutError", 1)]
     totals = found.totals
     assert (totals.jobs, totals.transcribed, totals.cached) == (11, 5, 1)
@@ -285,7 +316,15 @@ async def test_login_sets_a_strict_cookie_then_the_dashboard_shows_the_data(
         assert sum(data["audio_minutes"]) == pytest.approx(18.5)
         assert data["cache_hit_percent"][-3:] == [33.3, 0.0, 0.0]
         assert data["p95_seconds"][-3:] == [19.5, 30.0, 40.0]
-        assert data["languages"] == {"labels": ["en", "ru", "unknown"], "values": [3, 1, 1]}
+        assert data["languages"] == {
+            "labels": ["en", "de", "ru", "unknown"],
+            "values": [2, 1, 1, 1],
+        }
+        assert data["refusals"] == {
+            "labels": ["quota", "banned", "queue_full", "rate_limit"],
+            "values": [5, 1, 1, 1],
+        }
+        assert re.search(r'id="total-refusals">8<', page.text)
         assert data["failures"] == {
             "labels": ["AudioDecodeError", "TimeoutError"],
             "values": [2, 1],
@@ -432,7 +471,7 @@ async def test_the_real_bots_dashboard_draws_its_charts_in_chromium(
             await page.fill("#token", TOKEN)
             await page.click("button[type=submit]")
             await page.wait_for_url(f"http://127.0.0.1:{port}/admin")
-            await page.wait_for_function("document.querySelectorAll('canvas').length === 6")
+            await page.wait_for_function("document.querySelectorAll('canvas').length === 7")
             painted = await page.evaluate(PAINTED)
             given = await page.evaluate(CHART_DATA)
             shot = artifacts() / "dashboard.png"
@@ -448,6 +487,7 @@ async def test_the_real_bots_dashboard_draws_its_charts_in_chromium(
         "chart-processing",
         "chart-cache",
         "chart-languages",
+        "chart-refusals",
         "chart-failures",
         "chart-users",
     ]
@@ -458,7 +498,8 @@ async def test_the_real_bots_dashboard_draws_its_charts_in_chromium(
     assert sum(jobs) >= 12  # 11 seeded in the 30 days and the bot's own
     assert sum(minutes) >= 18.5  # 1110 s seeded, and the bot's transcript
     assert given["chart-failures"] == [[2, 1]]
-    assert given["chart-languages"][0][:1] == [4]  # en: 3 seeded and the bot's own
+    assert given["chart-refusals"] == [[5, 1, 1, 1]]
+    assert given["chart-languages"][0][:1] == [3]  # en: 2 seeded and the bot's own
     assert [row.split("\t")[1] for row in queue] == ["running", "queued"]
     assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}", file=sys.stderr)

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.exc import IntegrityError
 
 from voicebot.backup import head_revision
-from voicebot.db import Sessions, build_engine, build_sessions, upgrade, upgrade_async
+from voicebot.db import MIGRATIONS, Sessions, build_engine, build_sessions, upgrade, upgrade_async
 from voicebot.models import (
     Base,
     Chat,
@@ -42,6 +42,7 @@ TABLES = {
     "usage",
     "transactions",
     "handled_updates",
+    "refusals",
     "alembic_version",
 }
 
@@ -107,6 +108,59 @@ def test_upgrade_from_the_first_revision_keeps_jobs(tmp_path: Path) -> None:
         path, "SELECT message_id, status, status_requested_at, priority, reserved_seconds FROM jobs"
     ) == [(3, "queued", None, 0, 0.0)]
     assert query(path, "SELECT plan, banned, balance_seconds FROM users") == [("free", 0, 0.0)]
+
+
+def test_0006_gives_old_usage_its_transcripts_language_and_downgrades(tmp_path: Path) -> None:
+    """Usage charged before 0006 takes its transcript's language; a purged one stays NULL. The
+    downgrade to 0005 drops the column and the refusals table and keeps the usage rows."""
+    path = tmp_path / "voicebot.db"
+    upgrade(url_for(path), "0005")
+    query(
+        path,
+        "INSERT INTO users (id, first_name, created_at, last_seen_at) "
+        "VALUES (7, 'Ann', '2024-01-01 00:00:00', '2024-01-01 00:00:00')",
+    )
+    query(path, "INSERT INTO chats (id, type, created_at) VALUES (7, 'private', '2024-01-01')")
+    query(
+        path,
+        "INSERT INTO transcripts (id, file_unique_id, text, language, language_probability,"
+        " duration, segments, model, created_at) VALUES (1, 'u', 'hallo', 'de', 0.9, 3.0, '[]',"
+        " 'tiny', '2024-01-01')",
+    )
+    for message_id, transcript in ((3, "1"), (4, "NULL")):
+        query(
+            path,
+            "INSERT INTO jobs (chat_id, user_id, message_id, kind, file_id, file_unique_id,"
+            " status, attempts, delivered_parts, created_at, transcript_id) VALUES (7, 7,"
+            f" {message_id}, 'voice', 'f', 'u', 'done', 0, 0, '2024-01-01', {transcript})",
+        )
+        query(
+            path,
+            "INSERT INTO usage (user_id, job_id, audio_seconds, processing_seconds, created_at)"
+            f" SELECT 7, id, 3.0, 1.0, '2024-01-01' FROM jobs WHERE message_id = {message_id}",
+        )
+    upgrade(url_for(path))
+    assert version(path) == [HEAD]
+    assert query(
+        path, "SELECT jobs.message_id, usage.language FROM usage JOIN jobs ON jobs.id = job_id"
+    ) == [(3, "de"), (4, None)]
+    query(path, "INSERT INTO refusals (day, reason, count) VALUES ('2024-01-01', 'quota', 2)")
+    downgrade(url_for(path), "0005")
+    assert version(path) == ["0005"]
+    assert tables(path) == TABLES - {"refusals"}
+    assert "language" not in {row[1] for row in query(path, "PRAGMA table_info(usage)")}
+    assert query(path, "SELECT count(*) FROM usage") == [(2,)]
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Revert migrations down to `revision` (as `voicebot.db.upgrade` applies them)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["url"] = url
+    command.downgrade(config, revision)
 
 
 def test_migrations_match_the_models(tmp_path: Path) -> None:

@@ -57,7 +57,13 @@ async def charged_job(sessions: Sessions, message_id: int, seconds: float, at: d
         session.add(job)
         await session.flush()
         await charge(
-            session, job=job, audio_seconds=seconds, processing_seconds=1, settings=settings, now=at
+            session,
+            job=job,
+            audio_seconds=seconds,
+            processing_seconds=1,
+            language="en",
+            settings=settings,
+            now=at,
         )
         await session.commit()
 
@@ -266,6 +272,11 @@ async def test_limits_and_the_queue_bound_refuse_with_their_reasons(
     await api.wait_for(lambda: bool(text_of(api, OTHER, turned)), 20, "the busy line")
     assert text_of(api, OTHER, turned) == texts.QUEUE_FULL
     assert all(not text_of(api, ADMIN, m).startswith(("You", "I am")) for m in admin)
+    # Every refusal is counted, told or not, in the transaction that decided it (committed
+    # before its line was sent); summed over days in case the test straddles midnight UTC.
+    assert rows(
+        tmp_path, "SELECT reason, sum(count) FROM refusals GROUP BY reason ORDER BY reason"
+    ) == [("queue_full", 1), ("rate_limit", 1), ("too_many_active", 2)]
     assert await bot.stop(signal.SIGKILL) == -signal.SIGKILL
 
 

@@ -252,6 +252,10 @@ def words(text: str) -> set[str]:
     return set(re.findall(r"[a-z']+", text.lower()))
 
 
+#: What /forget keeps of each usage row.
+USAGE = "job_id, audio_seconds, charged_seconds, language"
+
+
 def texts_in_database(workdir: Path) -> list[tuple[str, str, str]]:
     """(table, column, value) of every non-empty text, string or JSON value in every table."""
     found: list[tuple[str, str, str]] = []
@@ -287,8 +291,9 @@ async def test_privacy_and_forget_leave_no_text_keep_usage_and_the_cache_misses(
         f"UPDATE users SET ui_language = 'en', output_format = 'srt' WHERE id = {USER}",
     )
     rows(tmp_path, f"UPDATE chats SET language = 'auto:en,de' WHERE id = {USER}")
-    usage = rows(tmp_path, "SELECT job_id, audio_seconds, charged_seconds FROM usage ORDER BY id")
+    usage = rows(tmp_path, f"SELECT {USAGE} FROM usage ORDER BY id")
     assert len(usage) == 2  # the transcription and the friend's cache hit
+    assert [language for *_, language in usage] == ["en", "en"]
     assert rows(tmp_path, "SELECT count(*) FROM transcripts") == [(1,)]
 
     api.send_text(USER, "/privacy")
@@ -331,10 +336,7 @@ async def test_privacy_and_forget_leave_no_text_keep_usage_and_the_cache_misses(
     ) == [("", None, None, "text", None)]
     assert rows(tmp_path, f"SELECT language FROM chats WHERE id = {USER}") == [(None,)]
     assert rows(tmp_path, "SELECT count(*) FROM jobs WHERE transcript_id IS NOT NULL") == [(0,)]
-    assert (
-        rows(tmp_path, "SELECT job_id, audio_seconds, charged_seconds FROM usage ORDER BY id")
-        == usage
-    )
+    assert rows(tmp_path, f"SELECT {USAGE} FROM usage ORDER BY id") == usage  # language too
 
     # The cache cannot serve the forgotten transcript: the same file is transcribed anew.
     again = api.send_voice_as(USER, note, duration=4, file_unique_id=unique_id)

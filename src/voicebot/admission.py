@@ -26,7 +26,7 @@ class Admission:
     refusal: str | None = None
     priority: int = 0
     reserve: float = 0.0
-    #: Why it was refused, for metrics (see `metrics.REFUSAL_REASONS`).
+    #: Why it was refused, for metrics and the refusals table (see `metrics.REFUSAL_REASONS`).
     reason: str = ""
 
 

@@ -168,6 +168,7 @@ async def record_hit(
             charged_seconds=0.0,
             balance_seconds=0.0,
             cached=True,
+            language=transcript.language,
         )
     )
     return True

@@ -17,7 +17,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from voicebot.admin import Stats, stats
-from voicebot.models import ACTIVE, Job, JobStatus, Transcript, Usage, User
+from voicebot.models import ACTIVE, Job, JobStatus, RefusalCount, Usage, User
 from voicebot.texts import display_name
 
 #: Days the charts cover, today included.
@@ -26,7 +26,8 @@ DAYS = 30
 TOP_USERS = 10
 #: Rows of the queue table: a longer queue is counted, not listed.
 QUEUE_ROWS = 200
-#: The label of transcripts whose language is no longer known (the transcript was purged).
+#: The label of a usage row without a language (charged before schema 0006, its transcript
+#: gone by then), or of a failed job without an error code.
 UNKNOWN = "unknown"
 
 
@@ -75,7 +76,9 @@ class Overview:
     days: list[Day]
     #: (detected language, transcripts), most first.
     languages: list[tuple[str, int]]
-    #: (error code, failed jobs), most first; refusals at the door are not stored.
+    #: (reason, messages and presses refused at the door), most first.
+    refusals: list[tuple[str, int]]
+    #: (error code, failed jobs), most first.
     failures: list[tuple[str, int]]
     #: Totals since the first day and its top users by audio (admin.stats, as /stats shows).
     totals: Stats
@@ -170,21 +173,31 @@ async def days(session: AsyncSession, *, first: date, last: date) -> list[Day]:
 async def languages(session: AsyncSession, *, since: datetime) -> list[tuple[str, int]]:
     """Transcripts answered since `since` by the language Whisper detected, most first.
 
-    The language lives on the transcript; one purged since (retention, /forget) counts as
-    UNKNOWN.
+    Read from the usage rows, which keep it when the transcript is purged (retention, /forget);
+    rows without one count as UNKNOWN.
     """
-    language = func.coalesce(Transcript.language, UNKNOWN)
+    language = func.coalesce(Usage.language, UNKNOWN)
     count = func.count(Usage.id)
     found = await session.execute(
         select(language, count)
-        .select_from(Usage)
-        .join(Job, Job.id == Usage.job_id)
-        .outerjoin(Transcript, Transcript.id == Job.transcript_id)
         .where(Usage.created_at >= since)
         .group_by(language)
         .order_by(count.desc(), language)
     )
     return [(str(name), int(number)) for name, number in found]
+
+
+async def refusals(session: AsyncSession, *, first: date, last: date) -> list[tuple[str, int]]:
+    """Messages and presses refused at the door from `first` to `last` (UTC days) by reason,
+    most first."""
+    count = func.sum(RefusalCount.count)
+    found = await session.execute(
+        select(RefusalCount.reason, count)
+        .where(RefusalCount.day >= first, RefusalCount.day <= last)
+        .group_by(RefusalCount.reason)
+        .order_by(count.desc(), RefusalCount.reason)
+    )
+    return [(str(reason), int(number)) for reason, number in found]
 
 
 async def failures(session: AsyncSession, *, since: datetime) -> list[tuple[str, int]]:
@@ -240,6 +253,7 @@ async def overview(session: AsyncSession, *, today: date, top: int = TOP_USERS) 
         today=today,
         days=await days(session, first=first, last=today),
         languages=await languages(session, since=since),
+        refusals=await refusals(session, first=first, last=today),
         failures=await failures(session, since=since),
         totals=await stats(session, since=since, top=top),
         queue=jobs,

@@ -3,6 +3,7 @@
 Handlers only *accept* (`Intake.accept`); `record` then commits the whole batch's jobs in one
 transaction. Whoever feeds updates (the polling loop, later the webhook) confirms them to
 Telegram only after `record` returned, so an update is never confirmed before its job exists.
+The batch's refusals are counted per day and reason in the same transaction (`refusals`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from voicebot.models import (
 from voicebot.outputs import PressAnswer
 from voicebot.quotas import lock_users
 from voicebot.ratelimits import Limiters
+from voicebot.refusals import count_refusals
 
 log = structlog.get_logger(__name__)
 
@@ -210,7 +212,22 @@ async def _record_media(
             job_ids += one.job_ids
             refused += one.refused
             reasons += one.reasons
+    await _count_failed(sessions, failed=reasons.count("failed"))
     return Recorded(job_ids, refused, reasons=reasons)
+
+
+async def _count_failed(sessions: Sessions, *, failed: int) -> None:
+    """Count today's refusals of messages or presses that could not be recorded, in a
+    transaction of their own (theirs was rolled back); a count lost to the database is logged."""
+    if not failed:
+        return
+    try:
+        async with sessions() as session:
+            await count_refusals(session, day=utcnow().date(), reasons=["failed"] * failed)
+            await session.commit()
+    except DBAPIError as error:
+        # Not worth a redelivery: the batch's answers stand, only the dashboard misses these.
+        log.warning("refusals_not_counted", reason="failed", count=failed, error=repr(error))
 
 
 async def _store(
@@ -282,6 +299,7 @@ async def _store(
             if job_id is not None:
                 job_ids.append(job_id)
                 counts.add(user.id)
+        await count_refusals(session, day=now.date(), reasons=reasons)
         await session.commit()
     if job_ids:
         log.info("jobs_accepted", job_ids=job_ids)
@@ -356,6 +374,7 @@ async def record_translations(
             presser = asked.query.from_user
             with use_locale(locale_for(None, presser.language_code)):
                 answers.append(PressAnswer(asked.query, texts.FAILED, alert=True))
+        await _count_failed(sessions, failed=len(answers))
         return Recorded([], [], answers, ["failed"] * len(answers))
 
 
@@ -425,6 +444,7 @@ async def _store_translations(
                 job_ids.append(job_id)
                 counts.add(user.id)
                 answers.append(PressAnswer(asked.query, texts.outputs.translation_started(), False))
+        await count_refusals(session, day=now.date(), reasons=reasons)
         await session.commit()
     if job_ids:
         log.info("translations_accepted", job_ids=job_ids)

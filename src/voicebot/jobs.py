@@ -343,6 +343,7 @@ async def _transcribe(runtime: Runtime, job: Job) -> None:
             job=job,
             audio_seconds=result.duration,
             processing_seconds=time.monotonic() - started,
+            language=stored.language,
             settings=settings,
             now=utcnow(),
         )

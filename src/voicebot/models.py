@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Enum,
     Float,
@@ -222,6 +223,8 @@ class Usage(Base):
     balance_seconds: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     #: Answered from the transcript cache: nothing transcribed, nothing charged.
     cached: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: The language of the transcript charged (kept when the transcript is purged or forgotten).
+    language: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
@@ -250,6 +253,16 @@ class HandledUpdate(Base):
     bot_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     update_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     handled_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class RefusalCount(Base):
+    """Messages and presses the door refused on one UTC day for one reason (see `refusals`)."""
+
+    __tablename__ = "refusals"
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    #: `Admission.reason`, or "failed" when the message could not be recorded.
+    reason: Mapped[str] = mapped_column(String(32), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
 
 
 @dataclass(frozen=True, slots=True)

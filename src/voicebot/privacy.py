@@ -2,14 +2,16 @@
 
 Stored about a user: the transcripts of their recordings (text and timed segments), one record
 per recording (file name, length, status, the failure text it was told), the seconds each
-transcription used (`usage`, needed for quotas and /me), their settings (interface language,
-output format, the recognition language of their private chat), and what Telegram says about
-them (name, username, language). Audio is never stored.
+transcription used and the language it was detected in (`usage`, needed for quotas, /me and
+the dashboard), their settings (interface language, output format, the recognition language of
+their private chat), and what Telegram says about them (name, username, language). Audio is
+never stored. Refusals are counted per day and reason only, with nothing about who was refused.
 
-`forget` deletes the texts and settings and keeps the seconds. A recording of the user's still
-waiting, being transcribed or being delivered is cancelled by it (its text would otherwise
-arrive, and be stored, after the user asked to be forgotten); so is any other job about to
-deliver one of the forgotten transcripts (a cache hit of someone who sent the same audio).
+`forget` deletes the texts and settings and keeps the seconds with their languages (a language
+code is no text of theirs). A recording of the user's still waiting, being transcribed or being
+delivered is cancelled by it (its text would otherwise arrive, and be stored, after the user
+asked to be forgotten); so is any other job about to deliver one of the forgotten transcripts
+(a cache hit of someone who sent the same audio).
 
 Retention: transcripts live `cache.kept_days` (the shorter of CACHE_TTL_DAYS and RETENTION_DAYS)
 and the cache serves them only that long (`cache.serving_days`); the texts of finished jobs are

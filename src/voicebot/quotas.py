@@ -176,10 +176,12 @@ async def charge(
     job: Job,
     audio_seconds: float,
     processing_seconds: float,
+    language: str | None,
     settings: Settings,
     now: datetime,
 ) -> Usage:
-    """Write the job's one usage row: today's allowance first, then the balance, never beyond.
+    """Write the job's one usage row: today's allowance first, then the balance, never beyond;
+    `language` is the transcript's (the dashboard counts it after the transcript is purged).
 
     Call it in the transaction that stores the transcript: `usage.job_id` is unique, so a
     retried or recovered job can never be charged twice.
@@ -207,6 +209,7 @@ async def charge(
         processing_seconds=processing_seconds,
         charged_seconds=charged,
         balance_seconds=from_balance,
+        language=language,
         created_at=now,
     )
     session.add(usage)

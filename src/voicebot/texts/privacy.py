@@ -46,8 +46,8 @@ def summary(*, kept_days: float, serving_days: float, retention_days: float) -> 
             "and the error message if it failed ({names})."
         ).format(names=names),
         _(
-            "• The seconds of audio each transcription used, for the daily limits and /me: "
-            "numbers only, no text."
+            "• The seconds of audio each transcription used and the language detected in it, for "
+            "the daily limits, /me and usage statistics: no text."
         ),
         _(
             "• Your settings (interface language, transcript format, recognition language), and "
@@ -61,7 +61,8 @@ def summary(*, kept_days: float, serving_days: float, retention_days: float) -> 
         "",
         _(
             "/forget deletes your transcripts, the file names and error messages of your "
-            "recordings, and your settings. Only the seconds used stay, without any text."
+            "recordings, and your settings. Only the seconds used and their languages stay, "
+            "without any text."
         ),
     ]
     return "\n".join(lines)
@@ -72,8 +73,8 @@ def forget_confirm() -> str:
     return _(
         "Delete everything I store about you? Your transcripts, the file names and error "
         "messages of your recordings, and your settings are deleted for good; recordings of yours "
-        "still waiting or being transcribed are cancelled. The seconds you used stay, without any "
-        "text, for the daily limits."
+        "still waiting or being transcribed are cancelled. The seconds you used and their "
+        "languages stay, without any text, for the daily limits."
     )
 
 

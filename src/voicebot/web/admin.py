@@ -216,6 +216,10 @@ def chart_data(found: Overview) -> dict[str, Any]:
             "labels": [name for name, _ in found.languages],
             "values": [count for _, count in found.languages],
         },
+        "refusals": {
+            "labels": [reason for reason, _ in found.refusals],
+            "values": [count for _, count in found.refusals],
+        },
         "failures": {
             "labels": [code for code, _ in found.failures],
             "values": [count for _, count in found.failures],

@@ -63,6 +63,15 @@
     options: { plugins: { legend: { position: "right" } } },
   });
 
+  chart("chart-refusals", {
+    type: "bar",
+    data: {
+      labels: data.refusals.labels,
+      datasets: [{ label: "Refused", data: data.refusals.values, backgroundColor: "#fbbf24" }],
+    },
+    options: { indexAxis: "y", scales: { x: { beginAtZero: true, ticks: { precision: 0 } } } },
+  });
+
   chart("chart-failures", {
     type: "bar",
     data: {

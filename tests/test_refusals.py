@@ -1,0 +1,127 @@
+"""Refusals at the door are counted per UTC day and reason, by `intake.record` on a real file."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from aiogram.types import Chat, Message
+from aiogram.types import User as TelegramUser
+from sqlalchemy import text, update
+
+from voicebot.config import Settings
+from voicebot.db import Sessions, build_engine, build_sessions, upgrade_async
+from voicebot.intake import Intake, Media, Recorded, record
+from voicebot.models import User, utcnow
+from voicebot.ratelimits import Limiters, build_limiters
+from voicebot.refusals import count_refusals
+
+from .test_db import add_user, query, url_for
+
+ANN, BEN = 6001, 6002
+#: Two unfinished jobs each, at most; a file named "poison" is refused by the database itself.
+SETTINGS = Settings(_env_file=None, user_max_active_jobs=2)  # type: ignore[call-arg]
+POISON = (
+    "CREATE TRIGGER poison BEFORE INSERT ON jobs WHEN NEW.file_id = 'poison'"
+    " BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"
+)
+message_ids = itertools.count(1)
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
+    """A migrated SQLite file with Ann, and Ben, who is banned."""
+    url = url_for(tmp_path / "voicebot.db")
+    await upgrade_async(url)
+    engine = build_engine(url)
+    made = build_sessions(engine)
+    await add_user(made, ANN, "Ann")
+    await add_user(made, BEN, "Ben")
+    async with made() as session:
+        await session.execute(update(User).where(User.id == BEN).values(banned=True))
+        await session.commit()
+    yield made
+    await engine.dispose()
+
+
+def voice(user_id: int, file_id: str = "f") -> tuple[Message, Media]:
+    """A voice note of 4 s from `user_id` in their private chat."""
+    sender = TelegramUser(id=user_id, is_bot=False, first_name=str(user_id))
+    message = Message(
+        message_id=next(message_ids),
+        date=datetime.now(UTC),
+        chat=Chat(id=user_id, type="private"),
+        from_user=sender,
+    )
+    return message, Media("voice", file_id, f"u-{file_id}", 1000, 4.0)
+
+
+async def recorded(
+    sessions: Sessions, limiters: Limiters, *items: tuple[Message, Media]
+) -> Recorded:
+    """Record one batch of `items`."""
+    intake = Intake()
+    for message, media in items:
+        intake.accept(message, media)
+    return await record(sessions, intake, settings=SETTINGS, limiters=limiters)
+
+
+def counted(sessions: Sessions) -> dict[tuple[date, str], int]:
+    """The refusals table."""
+    path = sessions.kw["bind"].url.database
+    return {
+        (date.fromisoformat(day), reason): count
+        for day, reason, count in query(Path(path), "SELECT day, reason, count FROM refusals")
+    }
+
+
+async def test_each_batch_adds_its_refusals_to_the_days_counts(sessions: Sessions) -> None:
+    """Two of Ann's three notes are accepted, Ben is banned; a later batch adds to the counts,
+    and a batch that refuses nothing writes nothing."""
+    limiters = build_limiters(SETTINGS)
+    today = utcnow().date()
+    first = await recorded(sessions, limiters, voice(ANN), voice(BEN), voice(ANN), voice(ANN))
+    assert (len(first.job_ids), sorted(first.reasons)) == (2, ["banned", "too_many_active"])
+    assert counted(sessions) == {(today, "banned"): 1, (today, "too_many_active"): 1}
+
+    second = await recorded(sessions, limiters, voice(ANN), voice(ANN), voice(BEN))
+    assert sorted(second.reasons) == ["banned", "too_many_active", "too_many_active"]
+    assert counted(sessions) == {(today, "banned"): 2, (today, "too_many_active"): 3}
+
+    async with sessions() as session:
+        await session.execute(text("UPDATE jobs SET status = 'done'"))
+        await session.commit()
+    third = await recorded(sessions, limiters, voice(ANN))
+    assert (len(third.job_ids), third.reasons) == (1, [])
+    assert counted(sessions) == {(today, "banned"): 2, (today, "too_many_active"): 3}
+
+
+async def test_a_message_the_database_refuses_is_counted_as_failed(sessions: Sessions) -> None:
+    """A row the database refuses fails its own message only: it is counted as failed, in a
+    transaction of its own, beside the refusals of the messages stored one by one."""
+    async with sessions() as session:
+        await session.execute(text(POISON))
+        await session.commit()
+    limiters = build_limiters(SETTINGS)
+    today = utcnow().date()
+    done = await recorded(sessions, limiters, voice(ANN), voice(ANN, "poison"), voice(BEN))
+    assert (len(done.job_ids), sorted(done.reasons)) == (1, ["banned", "failed"])
+    assert counted(sessions) == {(today, "banned"): 1, (today, "failed"): 1}
+
+
+async def test_counts_are_kept_per_day(sessions: Sessions) -> None:
+    """Counts of another day are rows of their own; repeats in one call add up."""
+    days = (date(2026, 3, 19), date(2026, 3, 20))
+    async with sessions() as session:
+        await count_refusals(session, day=days[0], reasons=["quota", "quota", "rate_limit"])
+        await count_refusals(session, day=days[1], reasons=["quota"])
+        await count_refusals(session, day=days[0], reasons=[])
+        await session.commit()
+    assert counted(sessions) == {
+        (days[0], "quota"): 2,
+        (days[0], "rate_limit"): 1,
+        (days[1], "quota"): 1,
+    }
