@@ -152,6 +152,34 @@ def test_0006_gives_old_usage_its_transcripts_language_and_downgrades(tmp_path: 
     assert query(path, "SELECT count(*) FROM usage") == [(2,)]
 
 
+def test_0007_leaves_old_jobs_unclaimed_and_downgrades(tmp_path: Path) -> None:
+    """Jobs from before 0007 are unclaimed (the first worker takes them); the downgrade to 0006
+    drops the lease columns and keeps the jobs."""
+    path = tmp_path / "voicebot.db"
+    upgrade(url_for(path), "0006")
+    query(
+        path,
+        "INSERT INTO users (id, first_name, created_at, last_seen_at) "
+        "VALUES (7, 'Ann', '2024-01-01 00:00:00', '2024-01-01 00:00:00')",
+    )
+    query(path, "INSERT INTO chats (id, type, created_at) VALUES (7, 'private', '2024-01-01')")
+    query(
+        path,
+        "INSERT INTO jobs (chat_id, user_id, message_id, kind, file_id, file_unique_id, status,"
+        " attempts, delivered_parts, created_at)"
+        " VALUES (7, 7, 3, 'voice', 'f', 'u', 'running', 1, 0, '2024-01-01')",
+    )
+    upgrade(url_for(path))
+    assert query(path, "SELECT status, claimed_by, lease_until FROM jobs") == [
+        ("running", None, None)
+    ]
+    downgrade(url_for(path), "0006")
+    assert version(path) == ["0006"]
+    columns = {row[1] for row in query(path, "PRAGMA table_info(jobs)")}
+    assert not columns & {"claimed_by", "lease_until"}
+    assert query(path, "SELECT message_id, status FROM jobs") == [(3, "running")]
+
+
 def downgrade(url: str, revision: str) -> None:
     """Revert migrations down to `revision` (as `voicebot.db.upgrade` applies them)."""
     from alembic import command

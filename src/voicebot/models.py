@@ -207,6 +207,10 @@ class Job(Base):
     finished_at: Mapped[datetime | None]
     #: When a cancelled job's "Cancelled" was shown (or given up on); None: still to be told.
     told_at: Mapped[datetime | None]
+    #: The worker running it (see `leases`), kept after it ends; None: no worker has it now.
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    #: Until when `claimed_by` may keep it without a heartbeat; after that another may take it.
+    lease_until: Mapped[datetime | None]
 
 
 class Usage(Base):
@@ -487,10 +491,17 @@ async def set_job(session: AsyncSession, *, job_id: int, **values: Any) -> None:
 
 
 async def set_job_if(
-    session: AsyncSession, *, job_id: int, statuses: tuple[JobStatus, ...], **values: Any
+    session: AsyncSession,
+    *,
+    job_id: int,
+    statuses: tuple[JobStatus, ...],
+    holder: str | None = None,
+    **values: Any,
 ) -> bool:
-    """Update columns of one job only while its status is one of `statuses`; whether it was."""
+    """Update columns of one job only while its status is one of `statuses` (and, with
+    `holder`, while that worker holds its lease: see `leases`); whether it did."""
+    held = () if holder is None else (Job.claimed_by == holder,)
     done = await session.execute(
-        update(Job).where(Job.id == job_id, Job.status.in_(statuses)).values(**values)
+        update(Job).where(Job.id == job_id, Job.status.in_(statuses), *held).values(**values)
     )
     return bool(getattr(done, "rowcount", 0))
