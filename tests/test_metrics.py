@@ -30,6 +30,7 @@ DOCUMENTED = {
     "voicebot_cache_misses_total": "counter",
     "voicebot_telegram_errors_total": "counter",
     "voicebot_telegram_retries_total": "counter",
+    "voicebot_leases_total": "counter",
 }
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

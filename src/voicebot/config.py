@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     position_edits_per_second: int = Field(default=20, ge=1)
     transcript_file_chars: int = Field(default=12000, ge=4096)
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    #: A running job's lease (see `leases`): renewed every third of it; a job whose worker died
+    #: is taken by another within it.
+    job_lease_seconds: float = Field(default=60.0, gt=0)
 
     # Groups, live text and privacy
     #: Telegram allows a group about 20 messages a minute: status edits there at most this often.

@@ -50,6 +50,9 @@ REFUSAL_REASONS = (
     "private",
     "failed",
 )
+#: What `leases` counts: a lease this process lost to another worker, and a job it queued again
+#: because its lease expired or because no worker ever claimed it.
+LEASE_EVENTS = ("lost", "expired_requeued", "unclaimed_requeued")
 _CODES: tuple[tuple[type[Exception], str], ...] = (
     (TelegramRetryAfter, "429"),
     (TelegramMigrateToChat, "400"),
@@ -85,6 +88,7 @@ class Metrics:
     cache_misses: Counter
     telegram_errors: Counter
     telegram_retries: Counter
+    leases: Counter
 
     def received(self, updates: list[Update], *, unparseable: int = 0) -> None:
         """Count a batch's updates by type, and those that did not parse."""
@@ -108,6 +112,11 @@ class Metrics:
     def job_cancelled(self) -> None:
         """Count a job that ended cancelled."""
         self.jobs.labels(outcome="cancelled", error="").inc()
+
+    def lease(self, event: str, count: int = 1) -> None:
+        """Count `count` lease events (one of LEASE_EVENTS)."""
+        if count:
+            self.leases.labels(event=event).inc(count)
 
     def refused(self, reason: str) -> None:
         """Count a message or press the door refused (one of REFUSAL_REASONS)."""
@@ -166,6 +175,14 @@ def build_metrics() -> Metrics:
     )
     jobs.labels(outcome="done", error="")
     jobs.labels(outcome="cancelled", error="")
+    leases = Counter(
+        "voicebot_leases_total",
+        "Job leases lost by this process, and jobs it queued again (expired, unclaimed).",
+        ["event"],
+        registry=registry,
+    )
+    for event in LEASE_EVENTS:
+        leases.labels(event=event)
     return Metrics(
         registry=registry,
         updates=Counter(
@@ -223,6 +240,7 @@ def build_metrics() -> Metrics:
             "Bot API calls retried after a transient failure.",
             registry=registry,
         ),
+        leases=leases,
     )
 
 
