@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING
 import structlog
 from aiogram.exceptions import TelegramAPIError, TelegramNetworkError
 
-from voicebot import outputs, texts
+from voicebot import leases, outputs, texts
 from voicebot.delivery import deliver, put_status, try_edit
+from voicebot.errors import LeaseLostError
 from voicebot.models import ACTIVE, Job, JobStatus, Transcript, set_job, set_job_if, utcnow
 from voicebot.status import ensure_status, status_lock
 
@@ -21,6 +22,8 @@ log = structlog.get_logger(__name__)
 
 async def deliver_transcript(runtime: Runtime, job: Job) -> None:
     """Put the stored transcript into the status message (and more parts), then mark it done."""
+    # A worker that lost the job stops here, and one that holds it has a whole lease to send it.
+    await leases.ensure_held(runtime, job.id)
     async with runtime.sessions() as session:
         stored = await session.get(Transcript, job.transcript_id)
         assert stored is not None
@@ -43,10 +46,16 @@ async def deliver_transcript(runtime: Runtime, job: Job) -> None:
 
     async def on_part_sent(count: int, message_id: int) -> None:
         async with runtime.sessions() as session:
-            await set_job(
-                session, job_id=job.id, delivered_parts=count, status_message_id=message_id
+            recorded = await leases.set_if_held(
+                session,
+                job_id=job.id,
+                holder=runtime.worker_id,
+                delivered_parts=count,
+                status_message_id=message_id,
             )
             await session.commit()
+        if not recorded:  # another worker took the job: it sends the parts not recorded here
+            raise LeaseLostError(f"job {job.id} was taken by another worker")
 
     sending = time.monotonic()
     async with status_lock(runtime, job.id):
@@ -69,6 +78,7 @@ async def deliver_transcript(runtime: Runtime, job: Job) -> None:
             session,
             job_id=job.id,
             statuses=ACTIVE,
+            holder=runtime.worker_id,
             status=JobStatus.done,
             finished_at=utcnow(),
         )
@@ -98,6 +108,7 @@ async def tell_failure(runtime: Runtime, job: Job, message: str) -> None:
             session,
             job_id=job.id,
             statuses=ACTIVE,
+            holder=runtime.worker_id,
             status=JobStatus.failed,
             finished_at=utcnow(),
         )

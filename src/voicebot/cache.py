@@ -20,9 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from voicebot import texts
+from voicebot import leases
 from voicebot.config import Settings
-from voicebot.errors import JobCancelledError
 from voicebot.languages import effective
 from voicebot.models import (
     ACTIVE,
@@ -143,9 +142,15 @@ async def find_by_sha256(
 
 
 async def record_hit(
-    session: AsyncSession, *, job: Job, transcript: Transcript, processing_seconds: float
+    session: AsyncSession,
+    *,
+    job: Job,
+    transcript: Transcript,
+    processing_seconds: float,
+    holder: str | None = None,
 ) -> bool:
-    """Answer `job` with `transcript` (transcribed, a usage row that charges 0); False if cancelled.
+    """Answer `job` with `transcript` (transcribed, a usage row that charges 0); False if cancelled
+    (or, with `holder`, if that worker lost the job's lease).
 
     Only a job still queued or running is answered: for one cancelled meanwhile nothing is written.
     """
@@ -154,6 +159,7 @@ async def record_hit(
         session,
         job_id=job.id,
         statuses=RESERVING,
+        holder=holder,
         transcript_id=transcript.id,
         status=JobStatus.transcribed,
     )
@@ -228,9 +234,14 @@ async def answer(runtime: Runtime, job: Job, started: float, *, sha256: str | No
             return False
         try:
             if not await record_hit(
-                session, job=job, transcript=hit, processing_seconds=time.monotonic() - started
+                session,
+                job=job,
+                transcript=hit,
+                processing_seconds=time.monotonic() - started,
+                holder=runtime.worker_id,
             ):
-                raise JobCancelledError(texts.CANCELLED)  # nothing written: it was cancelled
+                # Nothing written: it was cancelled, or another worker took it.
+                raise await leases.why_refused(session, job_id=job.id, holder=runtime.worker_id)
             await session.commit()
         except IntegrityError:
             # The transcript expired and was purged since the lookup: a miss after all.

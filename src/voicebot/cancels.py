@@ -128,7 +128,8 @@ async def press(
 def stop(runtime: Runtime, job_id: int) -> bool:
     """Stop the task of the cancelled job `job_id` if this process has one; whether it did."""
     task = runtime.tasks.get(job_id)
-    if task is None or job_id in runtime.cancelling:
+    # One that lost its lease is being stopped already, and says nothing (see `leases.drop`).
+    if task is None or job_id in runtime.cancelling or job_id in runtime.lost:
         return False
     # Marked first: the task tells this stop from a shutdown by it (see `jobs.transcribe_job`).
     runtime.cancelling.add(job_id)

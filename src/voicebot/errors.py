@@ -58,6 +58,10 @@ class JobCancelledError(VoicebotError):
     """The job's sender (or an admin) cancelled it: it stops, nothing is charged or delivered."""
 
 
+class LeaseLostError(VoicebotError):
+    """Another worker took the job (this one's lease expired): it stops, telling nothing."""
+
+
 class TranscriptionTimeoutError(VoicebotError):
     """The transcription ran past its time limit."""
 

@@ -23,7 +23,7 @@ from sqlalchemy import select
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqDepends
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
-from voicebot import cache, languages, texts
+from voicebot import cache, languages, leases, texts
 from voicebot.answers import deliver_transcript, tell_cancelled, tell_failure
 from voicebot.audio import SAMPLE_RATE, decode
 from voicebot.chatadmins import ChatAdmins
@@ -41,6 +41,7 @@ from voicebot.errors import (
     FileTooLargeError,
     FileUnavailableError,
     JobCancelledError,
+    LeaseLostError,
     QuotaExceededError,
     TranscriptionCancelledError,
     VoicebotError,
@@ -109,6 +110,17 @@ class Runtime:
     #: The process's metrics, and the parts /ready reports (the polling loop's heartbeat).
     metrics: Metrics = field(default_factory=build_metrics)
     health: Health = field(default_factory=Health)
+    #: This process's name in `jobs.claimed_by` (see `leases`).
+    worker_id: str = field(default_factory=leases.new_worker_id)
+    #: The only process on its database (`leases.sole_worker`): it takes back every lease at start.
+    sole_worker: bool = False
+    #: Jobs whose task is alive in this process, from its start to its end: a second kick of
+    #: one ends at once, and the sweeper leaves them be.
+    handling: set[int] = field(default_factory=set)
+    #: Jobs this process holds the lease of (the heartbeat renews them), and those whose lease
+    #: another worker took and whose task is being stopped for it.
+    leases: set[int] = field(default_factory=set)
+    lost: set[int] = field(default_factory=set)
 
     async def kick(self, job_id: int) -> None:
         """Queue job `job_id` on the broker."""
@@ -127,6 +139,12 @@ def build_broker(runtime: Runtime) -> AsyncBroker:
 async def recover(runtime: Runtime) -> int:
     """Queue again every job accepted but not answered before the last stop."""
     async with runtime.sessions() as session:
+        if runtime.sole_worker:
+            # The process that held these leases is gone (see `leases`): no wait for expiry.
+            taken = await leases.release_all(session)
+            await session.commit()
+            if taken:
+                log.info("leases_taken_back", count=taken)
         ids = await untold_job_ids(session)
     for job_id in ids:
         await runtime.kick(job_id)
@@ -139,6 +157,16 @@ async def transcribe_job(job_id: int, runtime: Runtime = TaskiqDepends()) -> Non
     """The task: transcribe one job and deliver it exactly once; safe to run again."""
     if runtime.stopping:
         return  # queued after shutdown began: recovered, and acknowledged, at the next start
+    if job_id in runtime.handling:
+        return  # queued twice (the sweeper, a redelivery): the task already here answers it
+    runtime.handling.add(job_id)
+    try:
+        await _logged_job(runtime, job_id)
+    finally:
+        runtime.handling.discard(job_id)
+
+
+async def _logged_job(runtime: Runtime, job_id: int) -> None:
     async with runtime.sessions() as session:
         row = (
             await session.execute(
@@ -192,7 +220,15 @@ async def _job(runtime: Runtime, job_id: int) -> None:
         # Found cancelled by a conditional update (the transcript, a cache hit, the start).
         runtime.tasks.pop(job_id, None)
         await tell_cancelled(runtime, job_id, running=current in runtime.running)
+    except LeaseLostError:
+        # Found taken by another worker by a conditional update: that worker answers.
+        leases.note_lost(runtime, job_id, noticed="write")
     except asyncio.CancelledError:
+        if job_id in runtime.lost:
+            # `leases.drop` stopped it: another worker took the job, and answers it.
+            current.uncancel()
+            leases.note_lost(runtime, job_id, noticed="heartbeat")
+            return
         if job_id not in runtime.cancelling:
             raise  # shutdown: the job stays recorded for the next start
         # `cancels.stop` cancelled this task: the job was cancelled, and ends here.
@@ -204,9 +240,13 @@ async def _job(runtime: Runtime, job_id: int) -> None:
         runtime.running.discard(current)
         runtime.tasks.pop(job_id, None)
         runtime.cancelling.discard(job_id)
+        runtime.leases.discard(job_id)
+        runtime.lost.discard(job_id)
 
 
 async def _run(runtime: Runtime, job_id: int) -> None:
+    if not await leases.take(runtime, job_id):
+        return  # another worker runs it (or it ended meanwhile)
     async with runtime.sessions() as session:
         job = await session.get(Job, job_id)
     if job is None or job.status in FINAL:
@@ -228,20 +268,27 @@ async def _run(runtime: Runtime, job_id: int) -> None:
             await _transcribe(runtime, job)
         await deliver_transcript(runtime, job)
     except asyncio.CancelledError:
-        if job_id in runtime.cancelling:
-            raise  # cancelled by its sender: `transcribe_job` ends it
+        if job_id in runtime.cancelling or job_id in runtime.lost:
+            raise  # cancelled by its sender, or taken by another worker: `_job` ends it
         # Shutdown: leave the job for the next start, without counting this attempt (unless
-        # it was cancelled meanwhile, which is final).
+        # it was cancelled meanwhile, which is final), and free its lease for any worker.
         status = JobStatus.queued if job.transcript_id is None else JobStatus.transcribed
         async with runtime.sessions() as session:
             postponed = await set_job_if(
-                session, job_id=job_id, statuses=ACTIVE, status=status, attempts=attempts
+                session,
+                job_id=job_id,
+                statuses=ACTIVE,
+                holder=runtime.worker_id,
+                status=status,
+                attempts=attempts,
+                claimed_by=None,
+                lease_until=None,
             )
             await session.commit()
         if postponed:
             bound.info("job_postponed")
         raise
-    except JobCancelledError:
+    except (JobCancelledError, LeaseLostError):
         raise
     except (VoicebotError, TelegramAPIError) as error:
         await _fail(runtime, job, error)
@@ -274,13 +321,14 @@ async def _transcribe(runtime: Runtime, job: Job) -> None:
             session,
             job_id=job.id,
             statuses=RESERVING,  # not one cancelled just before it got its slot
+            holder=runtime.worker_id,  # nor one another worker took meanwhile
             status=JobStatus.running,
             attempts=job.attempts,
             started_at=utcnow(),
         )
+        if not began:
+            raise await leases.why_refused(session, job_id=job.id, holder=runtime.worker_id)
         await session.commit()
-    if not began:
-        raise JobCancelledError(texts.CANCELLED)
     if job.status_message_id is not None:
         async with status_lock(runtime, job.id):
             await try_edit(
@@ -322,18 +370,20 @@ async def _transcribe(runtime: Runtime, job: Job) -> None:
         stored = _stored(result, job=job, settings=settings, sha256=sha256)
         session.add(stored)
         await session.flush()
-        # Only a job still queued or running gets its transcript and charge: the cancel and
-        # this transaction each change the status conditionally, so whichever commits first wins.
+        # Only a job still queued or running, and still this worker's, gets its transcript and
+        # charge: the cancel, a worker taking the job over and this transaction each change it
+        # conditionally, so whichever commits first wins.
         kept = await set_job_if(
             session,
             job_id=job.id,
             statuses=RESERVING,
+            holder=runtime.worker_id,
             transcript_id=stored.id,
             status=JobStatus.transcribed,
         )
         if not kept:
             await session.rollback()
-            raise JobCancelledError(texts.CANCELLED)
+            raise await leases.why_refused(session, job_id=job.id, holder=runtime.worker_id)
         job.transcript_id = stored.id
         job.status = JobStatus.transcribed
         # The one charge, in the transaction that stores the transcript (usage.job_id is
@@ -442,6 +492,7 @@ async def _fail(runtime: Runtime, job: Job, error: BaseException) -> None:
             session,
             job_id=job.id,
             statuses=ACTIVE,  # a job cancelled meanwhile stays cancelled, and says so
+            holder=runtime.worker_id,  # one another worker took is its to answer
             error_code=error.__class__.__name__,
             error_text=message,
         )

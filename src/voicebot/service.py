@@ -23,7 +23,7 @@ from aiogram.exceptions import (
 from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, User
 from aiogram.utils.i18n import I18n
 
-from voicebot import cancels, positions, privacy, texts
+from voicebot import cancels, leases, positions, privacy, texts
 from voicebot.bot import build_dispatcher
 from voicebot.bot.admin import admin_menu, set_admin_menus
 from voicebot.catalogs import build_i18n
@@ -102,6 +102,7 @@ async def serve(settings: Settings) -> None:
                     chat_admins=ChatAdmins(ttl=settings.chat_admin_cache_seconds),
                     metrics=metrics,
                     health=health,
+                    sole_worker=leases.sole_worker(settings),
                 )
                 metrics.running_jobs.set_function(lambda: len(runtime.running))
                 await _run(runtime, me, i18n, app)
@@ -180,6 +181,10 @@ async def _run(runtime: Runtime, me: User, i18n: I18n, app: FastAPI | None) -> N
             # Jobs cancelled by another process stop here too; queue positions stay current.
             asyncio.create_task(cancels.watch(runtime)),
             asyncio.create_task(positions.show_positions(runtime)),
+            # This process's running jobs keep their leases; jobs whose worker died (lease
+            # expired) or that were never started (a lost publish) are queued again.
+            asyncio.create_task(leases.heartbeat(runtime)),
+            asyncio.create_task(leases.sweep_periodically(runtime)),
         ]
         try:
             stop = _stop_on_signals()
