@@ -160,3 +160,33 @@ async def test_job_cancelled_before_its_first_reply_is_told_on_the_next_start(
     await api.wait_for(lambda: bool(api.calls_of("getUpdates")[1:]), 30, "the second start")
     assert await bot.stop() == 0, bot.output()
     assert visible_replies(api, sent) == [reply]
+
+
+async def test_a_lease_left_by_a_killed_process_is_taken_back_at_once(
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, corpus: Path
+) -> None:
+    """Killed mid-transcription, its lease an hour from expiring: the next start (the only
+    process on its SQLite file) takes the job back at once, and answers it once."""
+    note = voice_note(corpus / "en" / "librispeech_alif_another_door.wav")
+    sent = api.send_voice(USER, note, duration=4)
+    (update,) = api.pending_updates
+    await seed_job(
+        tmp_path,
+        update,
+        status="running",
+        attempts=1,
+        claimed_by="gone:4242:deadbeef",
+        lease_until="2099-01-01 00:00:00.000000",
+    )
+    bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en", JOB_LEASE_SECONDS="3600")
+    await bot.start()
+
+    def answered() -> bool:
+        return any(PHRASE in (m.text or "").lower() for m in visible_replies(api, sent))
+
+    await api.wait_for(answered, 60, "transcript")
+    assert await bot.stop() == 0, bot.output()
+    (taken,) = log_events(bot, "leases_taken_back")
+    assert taken["count"] == 1
+    assert len(visible_replies(api, sent)) == 1
+    assert [status for status, _ in job_state(tmp_path)] == ["done"]
