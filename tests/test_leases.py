@@ -349,7 +349,7 @@ async def test_a_job_another_worker_holds_is_not_delivered_until_its_lease_expir
         assert job is not None
         assert (job.status, job.claimed_by) == (JobStatus.done, runtime.worker_id)
     assert runtime.handling == set()
-    assert runtime.leases == set()
+    assert runtime.leased == set()
 
 
 async def test_a_worker_that_lost_its_lease_does_not_deliver(

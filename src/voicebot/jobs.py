@@ -119,7 +119,7 @@ class Runtime:
     handling: set[int] = field(default_factory=set)
     #: Jobs this process holds the lease of (the heartbeat renews them), and those whose lease
     #: another worker took and whose task is being stopped for it.
-    leases: set[int] = field(default_factory=set)
+    leased: set[int] = field(default_factory=set)
     lost: set[int] = field(default_factory=set)
 
     async def kick(self, job_id: int) -> None:
@@ -161,27 +161,23 @@ async def transcribe_job(job_id: int, runtime: Runtime = TaskiqDepends()) -> Non
         return  # queued twice (the sweeper, a redelivery): the task already here answers it
     runtime.handling.add(job_id)
     try:
-        await _logged_job(runtime, job_id)
+        async with runtime.sessions() as session:
+            row = (
+                await session.execute(
+                    select(Job.locale, Job.user_id, Job.chat_id).where(Job.id == job_id)
+                )
+            ).one_or_none()
+        ids = {"job_id": job_id}
+        if row is not None:
+            ids |= {"user_id": row.user_id, "chat_id": row.chat_id}
+        # Every line the job logs carries its ids: this task's context, copied into the tasks
+        # and threads it starts. Everything the job says (status, progress, failure,
+        # "Cancelled") is in its sender's language.
+        locale = row.locale if row is not None else None
+        with structlog.contextvars.bound_contextvars(**ids), use_locale(locale):
+            await _job(runtime, job_id)
     finally:
         runtime.handling.discard(job_id)
-
-
-async def _logged_job(runtime: Runtime, job_id: int) -> None:
-    async with runtime.sessions() as session:
-        row = (
-            await session.execute(
-                select(Job.locale, Job.user_id, Job.chat_id).where(Job.id == job_id)
-            )
-        ).one_or_none()
-    ids = {"job_id": job_id}
-    if row is not None:
-        ids |= {"user_id": row.user_id, "chat_id": row.chat_id}
-    # Every line the job logs carries its ids: this task's context, copied into the tasks and
-    # threads it starts. Everything the job says (status, progress, failure, "Cancelled") is in
-    # its sender's language.
-    locale = row.locale if row is not None else None
-    with structlog.contextvars.bound_contextvars(**ids), use_locale(locale):
-        await _job(runtime, job_id)
 
 
 async def _job(runtime: Runtime, job_id: int) -> None:
@@ -240,7 +236,7 @@ async def _job(runtime: Runtime, job_id: int) -> None:
         runtime.running.discard(current)
         runtime.tasks.pop(job_id, None)
         runtime.cancelling.discard(job_id)
-        runtime.leases.discard(job_id)
+        runtime.leased.discard(job_id)
         runtime.lost.discard(job_id)
 
 

@@ -172,7 +172,7 @@ async def take(runtime: Runtime, job_id: int) -> bool:
         )
         await session.commit()
         if taken:
-            runtime.leases.add(job_id)
+            runtime.leased.add(job_id)
             return True
         found = (
             await session.execute(select(Job.status, Job.claimed_by).where(Job.id == job_id))
@@ -220,7 +220,7 @@ async def heartbeat(runtime: Runtime, *, interval: float | None = None) -> None:
     seconds = runtime.settings.job_lease_seconds
     while True:
         await asyncio.sleep(interval or seconds / 3)
-        mine = set(runtime.leases)
+        mine = set(runtime.leased)
         if not mine:
             continue
         try:
@@ -242,7 +242,7 @@ async def heartbeat(runtime: Runtime, *, interval: float | None = None) -> None:
             continue
         for job_id in sorted(mine - kept):
             with structlog.contextvars.bound_contextvars(job_id=job_id):
-                if job_id in runtime.leases and drop(runtime, job_id):
+                if job_id in runtime.leased and drop(runtime, job_id):
                     log.info("lease_lost_noticed")
 
 
