@@ -13,14 +13,17 @@ job as a cancel stops it (`drop`, noticed by the heartbeat), but says and writes
 new holder answers. Every write that moves a running job on (running, the transcript and its
 charge, a cache hit, each delivered part, done, a failure, a postponement) is conditional on
 `claimed_by` still being this worker, and delivery renews the lease first (`ensure_held`), so a
-worker that lost it stops before it sends. The one window left: a worker stalled for a whole
-lease between that renewal and a send (or between a send and its record) can send a part the
-new holder sends again.
+worker that lost it stops before it sends. (Not conditional: dropping a job whose chat is gone,
+which tells no one, and the status reply, which is sent before the job is claimed.) The one
+window left: a worker stalled for a whole lease between that renewal and a send (or between a
+send and its record) can send a part the new holder sends again.
 
 `sweep` (every half lease) queues again the unfinished jobs no worker holds: those whose lease
 expired (a worker killed mid-job) and those unclaimed for over a lease since they were recorded
 (a publish that was lost), leaving out the jobs this process has in hand. Queuing one twice is
-harmless: the claim decides.
+harmless: the claim decides. (With the embedded broker a process has every job it was given in
+hand while it waits for a slot; with a shared broker, jobs waiting there longer than a lease
+would look unclaimed too: that broker's sweeper needs to know which jobs were published.)
 
 Ownership is `claimed_by` alone: a worker whose lease expired but that nobody took still holds
 the job (its writes and its heartbeat go through); expiry only lets another worker take it.
