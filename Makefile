@@ -20,7 +20,8 @@ test: sync test-tools
 # Tools the tests check operator files with (tests/test_deploy.py; a missing one fails in CI):
 # nginx for `nginx -t`, openssl for its test certificate, promtool (Debian's `prometheus`
 # package) for `promtool check rules`; chromium for the dashboard's browser test
-# (tests/test_dashboard.py). Debian's packages, as root.
+# (tests/test_dashboard.py); PostgreSQL's server, which tests/servers.py starts in a temporary
+# directory for the tests that run on both databases. Debian's packages, as root.
 test-tools:
 	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -42,6 +43,13 @@ test-tools:
 				--no-install-recommends chromium >/dev/null; \
 		else \
 			echo "chromium is missing: install Debian's chromium as root"; \
+		fi; }
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends postgresql >/dev/null; \
+		else \
+			echo "PostgreSQL is missing: install Debian's postgresql as root"; \
 		fi; }
 
 lint: sync
