@@ -75,6 +75,12 @@ async def inspected(url: str, look: Any) -> Any:
         await engine.dispose()
 
 
+async def fetch(sessions: Sessions, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of one plain SQL query through `sessions` (on whichever database they are)."""
+    async with sessions() as session:
+        return [tuple(row) for row in await session.execute(text(sql))]
+
+
 async def tables(url: str) -> set[str]:
     """Table names in the database."""
     return set(await inspected(url, lambda c: inspect(c).get_table_names()))

@@ -30,7 +30,7 @@ from voicebot.status import place_in_line
 
 from .fakes import Call, FakeBotAPI
 from .media import encode_audio, long_speech, voice_note
-from .test_db import add_user, url_for
+from .test_db import add_user
 from .test_fairness import answered, job_ids, run_bot, text_of
 
 PLACE = re.compile(r"Queued, position (\d+)")
@@ -39,11 +39,10 @@ JITTER = 0.05
 
 
 @pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    """A migrated SQLite file."""
-    url = url_for(tmp_path / "voicebot.db")
-    await upgrade_async(url)
-    engine = build_engine(url)
+async def sessions(database_url: str) -> AsyncIterator[Sessions]:
+    """A migrated database (SQLite, PostgreSQL)."""
+    await upgrade_async(database_url)
+    engine = build_engine(database_url)
     yield build_sessions(engine)
     await engine.dispose()
 
