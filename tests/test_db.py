@@ -408,3 +408,28 @@ async def test_positions_take_turns_between_people(sessions: Sessions) -> None:
             for item in [*flood, other]
         ]
     assert ahead == [0, 2, 3, 1]
+
+
+async def test_overlapping_batches_of_senders_do_not_deadlock(sessions: Sessions) -> None:
+    """Two transactions recording the same people in other orders both commit: the rows are
+    taken in id order, so neither holds one the other waits for while it waits itself."""
+    await add_user(sessions, 10, "Ann")
+    await add_user(sessions, 11, "Bob")
+
+    async def record(*people: Sender) -> None:
+        async with sessions() as session:
+            await upsert_senders(session, senders=list(people))
+            await session.commit()
+
+    async with sessions() as first:
+        await upsert_senders(first, senders=[sender(10, "Ann")])
+        second = asyncio.create_task(record(sender(11, "Bobby"), sender(10, "Annie")))
+        # Time for the second to reach the row the first holds (it waits there on PostgreSQL;
+        # on SQLite it waits for the file's write lock).
+        await asyncio.sleep(0.5)
+        await upsert_senders(first, senders=[sender(11, "Bob")])
+        await first.commit()
+    await asyncio.wait_for(second, 15)
+    async with sessions() as session:
+        names = (await session.execute(select(User.id, User.first_name).order_by(User.id))).all()
+    assert [tuple(row) for row in names] == [(10, "Annie"), (11, "Bobby")]
