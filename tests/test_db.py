@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,11 +46,6 @@ TABLES = {
     "refusals",
     "alembic_version",
 }
-
-
-def url_for(path: Path) -> str:
-    """The SQLAlchemy URL of a SQLite file."""
-    return f"sqlite+aiosqlite:///{path}"
 
 
 async def query(url: str, sql: str) -> list[tuple[Any, ...]]:
