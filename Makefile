@@ -17,32 +17,29 @@ run: sync
 test: sync test-tools
 	$(UV) run pytest
 
-# Tools the tests check operator files with (tests/test_deploy.py; a missing one fails in CI):
-# nginx for `nginx -t`, openssl for its test certificate, promtool (Debian's `prometheus`
-# package) for `promtool check rules`; chromium for the dashboard's browser test
-# (tests/test_dashboard.py). Debian's packages, as root.
+
+# Tools the tests check operator files with or start as servers (a missing one fails in CI):
+# each is "how to find it@Debian packages". nginx for `nginx -t` (openssl for its test
+# certificate), promtool (Debian's `prometheus`) for `promtool check rules`, chromium for the
+# dashboard's browser test, PostgreSQL for the tests on both databases. Installed with apt-get
+# as root, all missing ones at once.
+TEST_TOOLS := \
+	"command -v nginx || test -x /usr/sbin/nginx@nginx-light openssl" \
+	"command -v promtool@prometheus" \
+	"command -v chromium@chromium" \
+	"command -v initdb || ls /usr/lib/postgresql/*/bin/initdb@postgresql"
+
 test-tools:
-	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-				nginx-light openssl >/dev/null; \
-		else \
-			echo "nginx is missing: install Debian's nginx-light as root"; \
-		fi; }
-	@command -v promtool >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-				--no-install-recommends prometheus >/dev/null; \
-		else \
-			echo "promtool is missing: install Debian's prometheus as root"; \
-		fi; }
-	@command -v chromium >/dev/null 2>&1 || { \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-				--no-install-recommends chromium >/dev/null; \
-		else \
-			echo "chromium is missing: install Debian's chromium as root"; \
-		fi; }
+	@missing=""; for tool in $(TEST_TOOLS); do \
+		sh -c "$${tool%@*}" >/dev/null 2>&1 || missing="$$missing $${tool##*@}"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $$missing >/dev/null; \
+	else \
+		echo "missing test tools: install Debian's$$missing as root"; \
+	fi
 
 lint: sync
 	$(UV) run ruff check src tests benchmarks

@@ -11,6 +11,12 @@ from pathlib import Path
 from .fakes import FakeBotAPI
 
 
+def bot_database(database_url: str) -> dict[str, str]:
+    """The bot's environment for the `database_url` fixture's database: nothing for SQLite
+    (the bot's default file under DATA_DIR is that file), DATABASE_URL for PostgreSQL."""
+    return {"DATABASE_URL": database_url} if database_url.startswith("postgresql") else {}
+
+
 class BotProcess:
     """One `voicebot run` process; `start` returns once it is polling."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from voicebot.config import Settings
 from voicebot.engine import Engine, build_engine
 
 from .fakes import FakeBotAPI
+from .servers import PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("CORPUS_DIR", ROOT.parent / "shared" / "corpus"))
@@ -55,3 +56,31 @@ async def api() -> AsyncIterator[FakeBotAPI]:
     """A fresh fake Bot API server on 127.0.0.1, stopped after the test."""
     async with FakeBotAPI() as fake:
         yield fake
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session, started when a test first asks for it."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh empty database on each backend: a SQLite file in a folder not made yet (as on
+    first run), or a new database on the session's PostgreSQL server, dropped after."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'voicebot.db'}"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    url = await server.create_database()
+    yield url
+    await server.drop_database(url)
+
+
+#: For a test that checks something only SQLite has (pragmas, the file itself).
+sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -57,11 +57,11 @@ async def _add_users(sessions: Sessions, *users: tuple[int, str, str | None]) ->
 
 
 @pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    """Sessions on a migrated SQLite file holding users USER (Ada) and OTHER (Bob)."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'voicebot.db'}"
-    await upgrade_async(url)
-    engine = build_engine(url)
+async def sessions(database_url: str) -> AsyncIterator[Sessions]:
+    """Sessions on a migrated database (SQLite, PostgreSQL) holding users USER (Ada) and OTHER
+    (Bob)."""
+    await upgrade_async(database_url)
+    engine = build_engine(database_url)
     made = build_sessions(engine)
     await _add_users(made, (USER, "Ada", "ada"), (OTHER, "Bob", None))
     yield made

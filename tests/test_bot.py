@@ -11,7 +11,7 @@ import pytest
 
 from voicebot.audio import decode
 
-from .botproc import BotProcess
+from .botproc import BotProcess, bot_database
 from .fakes import FakeBotAPI, SentMessage
 from .media import (
     encode_audio,
@@ -22,6 +22,7 @@ from .media import (
     video_without_sound,
     voice_note,
 )
+from .test_db import query
 
 USER = 1001
 
@@ -163,17 +164,18 @@ async def test_persistent_failure_is_told_and_the_bot_goes_on(
 
 
 async def test_sigkill_mid_job_then_restart_gives_exactly_one_transcript(
-    api: FakeBotAPI, tmp_path: Path, model_cache: Path, corpus: Path
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, corpus: Path, database_url: str
 ) -> None:
     speech = long_speech(corpus)
-    first = BotProcess(api, tmp_path, model_cache)
+    database = bot_database(database_url)
+    first = BotProcess(api, tmp_path, model_cache, **database)
     await first.start()
     sent = api.send_voice(USER, encode_audio(speech), duration=int(len(speech) / 16000))
     await api.wait_for(lambda: len(api.calls_of("downloadFile")) == 1, 30)
     assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
     assert not any("myself" in (m.text or "") for m in api.messages(USER))
 
-    second = BotProcess(api, tmp_path, model_cache)
+    second = BotProcess(api, tmp_path, model_cache, **database)
     await second.start()
     await answer(api, sent, contains="painful to myself", timeout=120)
     assert await second.stop() == 0
@@ -181,10 +183,11 @@ async def test_sigkill_mid_job_then_restart_gives_exactly_one_transcript(
     assert len(transcripts) == 1
     assert len(api.messages(USER)) == 1
     assert len(api.calls_of("downloadFile")) == 2
+    assert await query(database_url, "SELECT status FROM jobs") == [("done",)]
 
 
 async def test_burst_from_five_users(
-    api: FakeBotAPI, tmp_path: Path, model_cache: Path, corpus: Path
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, corpus: Path, database_url: str
 ) -> None:
     clips = {
         "another door": "librispeech_alif_another_door.wav",
@@ -194,7 +197,12 @@ async def test_burst_from_five_users(
     }
     notes = {phrase: voice_note(corpus / "en" / name) for phrase, name in clips.items()}
     process = BotProcess(
-        api, tmp_path, model_cache, WHISPER_MODEL="tiny.en", USER_MAX_ACTIVE_JOBS="10"
+        api,
+        tmp_path,
+        model_cache,
+        WHISPER_MODEL="tiny.en",
+        USER_MAX_ACTIVE_JOBS="10",
+        **bot_database(database_url),
     )
     await process.start()
     expected: dict[tuple[int, int], str] = {}
@@ -215,6 +223,11 @@ async def test_burst_from_five_users(
         (reply,) = [m for m in api.messages(user) if m.reply_to == message_id]
         assert phrase in (reply.text or "").lower()
     assert sum(len(api.messages(2000 + u)) for u in range(5)) == 20
+    # Recorded, charged and finished in the database under test (SQLite or PostgreSQL).
+    assert await query(database_url, "SELECT status, count(*) FROM jobs GROUP BY status") == [
+        ("done", 20)
+    ]
+    assert await query(database_url, "SELECT count(DISTINCT job_id) FROM usage") == [(20,)]
 
     # The first answer to each message is its honest place in line: jobs ahead of it, minus
     # the one being transcribed.

@@ -26,7 +26,7 @@ from voicebot.models import Job, JobStatus, Transcript, Usage
 from .botproc import BotProcess
 from .fakes import FakeBotAPI, SentMessage
 from .media import voice_note
-from .test_db import add_user, url_for
+from .test_db import add_user
 from .test_polling import log_events
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -39,11 +39,10 @@ KEY: dict[str, Any] = {"model": "tiny.en", "language_setting": "auto", "now": NO
 
 
 @pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    """Sessions over a migrated SQLite file with one user (and chat) 10."""
-    url = url_for(tmp_path / "data" / "voicebot.db")
-    await upgrade_async(url)
-    engine = build_engine(url)
+async def sessions(database_url: str) -> AsyncIterator[Sessions]:
+    """Sessions over a migrated database (SQLite, PostgreSQL) with one user (and chat) 10."""
+    await upgrade_async(database_url)
+    engine = build_engine(database_url)
     made = build_sessions(engine)
     await add_user(made, 10)
     yield made

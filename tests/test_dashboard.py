@@ -1,5 +1,6 @@
-"""The admin dashboard: its queries on a seeded SQLite database, its login over the real app,
-the wheel's files, and the real bot's page in headless Chromium with its charts drawn."""
+"""The admin dashboard: its queries on seeded SQLite and PostgreSQL databases, its login over
+the real app, the wheel's files, and the real bot's page in headless Chromium with its charts
+drawn."""
 
 from __future__ import annotations
 
@@ -158,9 +159,8 @@ async def seed(sessions: Sessions, *, today: date) -> None:
         await session.commit()
 
 
-async def seeded(tmp_path: Path, *, today: date) -> AsyncIterator[Sessions]:
-    """Sessions on a migrated SQLite file with the seeded rows around `today`."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'voicebot.db'}"
+async def seeded(url: str, *, today: date) -> AsyncIterator[Sessions]:
+    """Sessions on a migrated database with the seeded rows around `today`."""
     await upgrade_async(url)
     engine = build_engine(url)
     made = build_sessions(engine)
@@ -170,16 +170,16 @@ async def seeded(tmp_path: Path, *, today: date) -> AsyncIterator[Sessions]:
 
 
 @pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    """The seeded rows around TODAY, a fixed date."""
-    async for made in seeded(tmp_path, today=TODAY):
+async def sessions(database_url: str) -> AsyncIterator[Sessions]:
+    """The seeded rows around TODAY, a fixed date (SQLite, PostgreSQL)."""
+    async for made in seeded(database_url, today=TODAY):
         yield made
 
 
 @pytest.fixture
-async def recent(tmp_path: Path) -> AsyncIterator[Sessions]:
-    """The seeded rows around the real today, which the app's page shows."""
-    async for made in seeded(tmp_path, today=datetime.now(UTC).date()):
+async def recent(database_url: str) -> AsyncIterator[Sessions]:
+    """The seeded rows around the real today, which the app's page shows (SQLite, PostgreSQL)."""
+    async for made in seeded(database_url, today=datetime.now(UTC).date()):
         yield made
 
 

@@ -1,22 +1,21 @@
-"""The database: Alembic migrations, SQLite settings, and the query helpers, on a real file."""
+"""The database: Alembic migrations, SQLite settings, and the query helpers, on a real SQLite
+file and a real PostgreSQL database (the `database_url` fixture gives each test both)."""
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
 from collections.abc import AsyncIterator
-from contextlib import closing
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import Connection, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 
 from voicebot.backup import head_revision
-from voicebot.db import MIGRATIONS, Sessions, build_engine, build_sessions, upgrade, upgrade_async
+from voicebot.db import Sessions, build_engine, build_sessions, downgrade, upgrade, upgrade_async
 from voicebot.models import (
     Base,
     Chat,
@@ -31,6 +30,8 @@ from voicebot.models import (
     upsert_senders,
     utcnow,
 )
+
+from .conftest import sqlite_only
 
 #: The newest schema revision this checkout migrates to.
 HEAD = head_revision()
@@ -47,186 +48,218 @@ TABLES = {
 }
 
 
-def url_for(path: Path) -> str:
-    """The SQLAlchemy URL of a SQLite file."""
-    return f"sqlite+aiosqlite:///{path}"
+async def query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Run one statement in its own committed transaction; its rows (none for a change)."""
+    engine = build_engine(url)
+    try:
+        async with engine.begin() as connection:
+            found = await connection.execute(text(sql))
+            return [tuple(row) for row in found] if found.returns_rows else []
+    finally:
+        await engine.dispose()
 
 
-def query(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    """Run one statement with the standard library (committed), return its rows."""
-    with closing(sqlite3.connect(path)) as connection, connection:
-        return connection.execute(sql).fetchall()
+async def inspected(url: str, look: Any) -> Any:
+    """`look(connection)` over a plain connection to the database, e.g. to inspect its schema."""
+    engine = build_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(look)
+    finally:
+        await engine.dispose()
 
 
-def tables(path: Path) -> set[str]:
-    """Table names in the file."""
-    return {name for (name,) in query(path, "SELECT name FROM sqlite_master WHERE type='table'")}
+async def fetch(sessions: Sessions, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of one plain SQL query through `sessions` (on whichever database they are)."""
+    async with sessions() as session:
+        return [tuple(row) for row in await session.execute(text(sql))]
 
 
-def version(path: Path) -> list[str]:
+async def tables(url: str) -> set[str]:
+    """Table names in the database."""
+    return set(await inspected(url, lambda c: inspect(c).get_table_names()))
+
+
+async def version(url: str) -> list[str]:
     """Rows of alembic_version."""
-    return [v for (v,) in query(path, "SELECT version_num FROM alembic_version")]
+    return [v for (v,) in await query(url, "SELECT version_num FROM alembic_version")]
 
 
-def test_upgrade_creates_the_schema(tmp_path: Path) -> None:
+async def migrate(url: str, revision: str = "head") -> None:
+    """Upgrade to `revision` without blocking the event loop."""
+    await asyncio.to_thread(upgrade, url, revision)
+
+
+async def test_upgrade_creates_the_schema(database_url: str) -> None:
     """One upgrade creates every table and records the newest revision."""
-    path = tmp_path / "sub" / "voicebot.db"
-    path.parent.mkdir()
-    upgrade(url_for(path))
-    assert tables(path) == TABLES
-    assert version(path) == [HEAD]
-    columns = {row[1] for row in query(path, "PRAGMA table_info(jobs)")}
+    await migrate(database_url)
+    assert await tables(database_url) == TABLES
+    assert await version(database_url) == [HEAD]
+    columns = await inspected(
+        database_url, lambda c: {column["name"] for column in inspect(c).get_columns("jobs")}
+    )
     assert {"chat_id", "message_id", "status", "delivered_parts", "transcript_id"} <= columns
     assert "status_requested_at" in columns
 
 
-def test_upgrade_from_the_first_revision_keeps_jobs(tmp_path: Path) -> None:
+async def test_upgrade_from_the_first_revision_keeps_jobs(database_url: str) -> None:
     """A database made by 0001 gains the later columns (with defaults) and keeps its jobs."""
-    path = tmp_path / "voicebot.db"
-    upgrade(url_for(path), "0001")
-    query(
-        path,
+    url = database_url
+    await migrate(url, "0001")
+    await query(
+        url,
         "INSERT INTO users (id, first_name, created_at, last_seen_at) "
         "VALUES (7, 'Ann', '2024-01-01 00:00:00', '2024-01-01 00:00:00')",
     )
-    query(path, "INSERT INTO chats (id, type, created_at) VALUES (7, 'private', '2024-01-01')")
-    query(
-        path,
+    await query(url, "INSERT INTO chats (id, type, created_at) VALUES (7, 'private', '2024-01-01')")
+    await query(
+        url,
         "INSERT INTO jobs (chat_id, user_id, message_id, kind, file_id, file_unique_id, status,"
         " attempts, delivered_parts, created_at)"
         " VALUES (7, 7, 3, 'voice', 'f', 'u', 'queued', 0, 0, '2024-01-01')",
     )
     # A usage row references the job, as on a bot that has answered before.
-    query(
-        path,
+    await query(
+        url,
         "INSERT INTO usage (user_id, job_id, audio_seconds, processing_seconds, created_at)"
         " VALUES (7, 1, 3.0, 1.0, '2024-01-01')",
     )
-    upgrade(url_for(path))
-    assert version(path) == [HEAD]
-    assert query(
-        path, "SELECT message_id, status, status_requested_at, priority, reserved_seconds FROM jobs"
+    await migrate(url)
+    assert await version(url) == [HEAD]
+    assert await query(
+        url, "SELECT message_id, status, status_requested_at, priority, reserved_seconds FROM jobs"
     ) == [(3, "queued", None, 0, 0.0)]
-    assert query(path, "SELECT plan, banned, balance_seconds FROM users") == [("free", 0, 0.0)]
+    assert await query(url, "SELECT plan, banned, balance_seconds FROM users") == [
+        ("free", False, 0.0)
+    ]
 
 
-def test_0006_gives_old_usage_its_transcripts_language_and_downgrades(tmp_path: Path) -> None:
+async def test_0006_gives_old_usage_its_transcripts_language_and_downgrades(
+    database_url: str,
+) -> None:
     """Usage charged before 0006 takes its transcript's language; a purged one stays NULL. The
     downgrade to 0005 drops the column and the refusals table and keeps the usage rows."""
-    path = tmp_path / "voicebot.db"
-    upgrade(url_for(path), "0005")
-    query(
-        path,
+    url = database_url
+    await migrate(url, "0005")
+    await query(
+        url,
         "INSERT INTO users (id, first_name, created_at, last_seen_at) "
         "VALUES (7, 'Ann', '2024-01-01 00:00:00', '2024-01-01 00:00:00')",
     )
-    query(path, "INSERT INTO chats (id, type, created_at) VALUES (7, 'private', '2024-01-01')")
-    query(
-        path,
+    await query(url, "INSERT INTO chats (id, type, created_at) VALUES (7, 'private', '2024-01-01')")
+    await query(
+        url,
         "INSERT INTO transcripts (id, file_unique_id, text, language, language_probability,"
         " duration, segments, model, created_at) VALUES (1, 'u', 'hallo', 'de', 0.9, 3.0, '[]',"
         " 'tiny', '2024-01-01')",
     )
     for message_id, transcript in ((3, "1"), (4, "NULL")):
-        query(
-            path,
+        await query(
+            url,
             "INSERT INTO jobs (chat_id, user_id, message_id, kind, file_id, file_unique_id,"
             " status, attempts, delivered_parts, created_at, transcript_id) VALUES (7, 7,"
             f" {message_id}, 'voice', 'f', 'u', 'done', 0, 0, '2024-01-01', {transcript})",
         )
-        query(
-            path,
+        await query(
+            url,
             "INSERT INTO usage (user_id, job_id, audio_seconds, processing_seconds, created_at)"
             f" SELECT 7, id, 3.0, 1.0, '2024-01-01' FROM jobs WHERE message_id = {message_id}",
         )
-    upgrade(url_for(path))
-    assert version(path) == [HEAD]
-    assert query(
-        path, "SELECT jobs.message_id, usage.language FROM usage JOIN jobs ON jobs.id = job_id"
+    await migrate(url)
+    assert await version(url) == [HEAD]
+    assert await query(
+        url,
+        "SELECT jobs.message_id, usage.language FROM usage JOIN jobs ON jobs.id = job_id"
+        " ORDER BY jobs.message_id",
     ) == [(3, "de"), (4, None)]
-    query(path, "INSERT INTO refusals (day, reason, count) VALUES ('2024-01-01', 'quota', 2)")
-    downgrade(url_for(path), "0005")
-    assert version(path) == ["0005"]
-    assert tables(path) == TABLES - {"refusals"}
-    assert "language" not in {row[1] for row in query(path, "PRAGMA table_info(usage)")}
-    assert query(path, "SELECT count(*) FROM usage") == [(2,)]
+    await query(url, "INSERT INTO refusals (day, reason, count) VALUES ('2024-01-01', 'quota', 2)")
+    await asyncio.to_thread(downgrade, url, "0005")
+    assert await version(url) == ["0005"]
+    assert await tables(url) == TABLES - {"refusals"}
+    columns = await inspected(
+        url, lambda c: {column["name"] for column in inspect(c).get_columns("usage")}
+    )
+    assert "language" not in columns
+    assert await query(url, "SELECT count(*) FROM usage") == [(2,)]
 
 
-def test_0007_leaves_old_jobs_unclaimed_and_downgrades(tmp_path: Path) -> None:
+async def test_0007_leaves_old_jobs_unclaimed_and_downgrades(database_url: str) -> None:
     """Jobs from before 0007 are unclaimed (the first worker takes them); the downgrade to 0006
     drops the lease columns and keeps the jobs."""
-    path = tmp_path / "voicebot.db"
-    upgrade(url_for(path), "0006")
-    query(
-        path,
+    url = database_url
+    await migrate(url, "0006")
+    await query(
+        url,
         "INSERT INTO users (id, first_name, created_at, last_seen_at) "
         "VALUES (7, 'Ann', '2024-01-01 00:00:00', '2024-01-01 00:00:00')",
     )
-    query(path, "INSERT INTO chats (id, type, created_at) VALUES (7, 'private', '2024-01-01')")
-    query(
-        path,
+    await query(url, "INSERT INTO chats (id, type, created_at) VALUES (7, 'private', '2024-01-01')")
+    await query(
+        url,
         "INSERT INTO jobs (chat_id, user_id, message_id, kind, file_id, file_unique_id, status,"
         " attempts, delivered_parts, created_at)"
         " VALUES (7, 7, 3, 'voice', 'f', 'u', 'running', 1, 0, '2024-01-01')",
     )
-    upgrade(url_for(path))
-    assert query(path, "SELECT status, claimed_by, lease_until FROM jobs") == [
+    await migrate(url)
+    assert await query(url, "SELECT status, claimed_by, lease_until FROM jobs") == [
         ("running", None, None)
     ]
-    downgrade(url_for(path), "0006")
-    assert version(path) == ["0006"]
-    columns = {row[1] for row in query(path, "PRAGMA table_info(jobs)")}
+    await asyncio.to_thread(downgrade, url, "0006")
+    assert await version(url) == ["0006"]
+    columns = await inspected(
+        url, lambda c: {column["name"] for column in inspect(c).get_columns("jobs")}
+    )
     assert not columns & {"claimed_by", "lease_until"}
-    assert query(path, "SELECT message_id, status FROM jobs") == [(3, "running")]
+    assert await query(url, "SELECT message_id, status FROM jobs") == [(3, "running")]
 
 
-def downgrade(url: str, revision: str) -> None:
-    """Revert migrations down to `revision` (as `voicebot.db.upgrade` applies them)."""
-    from alembic import command
-    from alembic.config import Config
-
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["url"] = url
-    command.downgrade(config, revision)
+def differences(connection: Connection) -> list[Any]:
+    """What autogenerate would add or change to make the database match the models."""
+    found: list[Any] = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    return found
 
 
-def test_migrations_match_the_models(tmp_path: Path) -> None:
+async def test_migrations_match_the_models(database_url: str) -> None:
     """Autogenerate finds nothing to add: the tables the code uses are the migrated ones."""
-    path = tmp_path / "voicebot.db"
-    upgrade(url_for(path))
-    engine = create_engine(f"sqlite:///{path}")
-    with engine.connect() as connection:
-        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
-    engine.dispose()
-    assert differences == []
+    await migrate(database_url)
+    assert await inspected(database_url, differences) == []
 
 
-def test_upgrade_twice_is_harmless(tmp_path: Path) -> None:
+async def test_downgrade_to_nothing_and_back(database_url: str) -> None:
+    """Every revision's downgrade runs: down to an empty schema, then up again to the models."""
+    await migrate(database_url)
+    await asyncio.to_thread(downgrade, database_url, "base")
+    assert await tables(database_url) == {"alembic_version"}
+    assert await version(database_url) == []
+    await migrate(database_url)
+    assert await version(database_url) == [HEAD]
+    assert await inspected(database_url, differences) == []
+
+
+async def test_upgrade_twice_is_harmless(database_url: str) -> None:
     """A second upgrade changes nothing and keeps the data."""
-    path = tmp_path / "voicebot.db"
-    upgrade(url_for(path))
-    query(
-        path,
+    await migrate(database_url)
+    await query(
+        database_url,
         "INSERT INTO users (id, first_name, created_at, last_seen_at) "
         "VALUES (7, 'Ann', '2024-01-01 00:00:00', '2024-01-01 00:00:00')",
     )
-    upgrade(url_for(path))
-    assert tables(path) == TABLES
-    assert version(path) == [HEAD]
-    assert query(path, "SELECT id, first_name FROM users") == [(7, "Ann")]
+    await migrate(database_url)
+    assert await tables(database_url) == TABLES
+    assert await version(database_url) == [HEAD]
+    assert await query(database_url, "SELECT id, first_name FROM users") == [(7, "Ann")]
 
 
 @pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    """Sessions over a migrated SQLite file (created in a missing directory, as on first run)."""
-    url = url_for(tmp_path / "data" / "voicebot.db")
-    await upgrade_async(url)
-    engine = build_engine(url)
+async def sessions(database_url: str) -> AsyncIterator[Sessions]:
+    """Sessions over a migrated database (on SQLite, a file made in a missing folder)."""
+    await upgrade_async(database_url)
+    engine = build_engine(database_url)
     yield build_sessions(engine)
     await engine.dispose()
 
 
+@sqlite_only
 async def test_sqlite_connections_use_wal_and_foreign_keys(sessions: Sessions) -> None:
     """Every connection gets WAL, enforced foreign keys and a busy timeout."""
     async with sessions() as session:
@@ -399,3 +432,28 @@ async def test_positions_take_turns_between_people(sessions: Sessions) -> None:
             for item in [*flood, other]
         ]
     assert ahead == [0, 2, 3, 1]
+
+
+async def test_overlapping_batches_of_senders_do_not_deadlock(sessions: Sessions) -> None:
+    """Two transactions recording the same people in other orders both commit: the rows are
+    taken in id order, so neither holds one the other waits for while it waits itself."""
+    await add_user(sessions, 10, "Ann")
+    await add_user(sessions, 11, "Bob")
+
+    async def record(*people: Sender) -> None:
+        async with sessions() as session:
+            await upsert_senders(session, senders=list(people))
+            await session.commit()
+
+    async with sessions() as first:
+        await upsert_senders(first, senders=[sender(10, "Ann")])
+        second = asyncio.create_task(record(sender(11, "Bobby"), sender(10, "Annie")))
+        # Time for the second to reach the row the first holds (it waits there on PostgreSQL;
+        # on SQLite it waits for the file's write lock).
+        await asyncio.sleep(0.5)
+        await upsert_senders(first, senders=[sender(11, "Bob")])
+        await first.commit()
+    await asyncio.wait_for(second, 15)
+    async with sessions() as session:
+        names = (await session.execute(select(User.id, User.first_name).order_by(User.id))).all()
+    assert [tuple(row) for row in names] == [(10, "Annie"), (11, "Bobby")]

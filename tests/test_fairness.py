@@ -12,18 +12,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from voicebot import texts
 from voicebot.config import Settings
 from voicebot.db import Sessions, build_engine, build_sessions, upgrade_async
-from voicebot.models import Job, JobStatus, Plan, User, utcnow
+from voicebot.models import Job, JobStatus, Plan, Usage, User, utcnow
 from voicebot.quotas import charge, day_start, effective_plan, next_reset, standing
 
 from .botproc import BotProcess
 from .fakes import FakeBotAPI, SentMessage
 from .media import encode_audio, long_speech, voice_note
-from .test_db import add_user, url_for
+from .test_db import add_user
 from .test_polling import log_events
 
 CLIPS = {
@@ -37,11 +38,10 @@ FREE, OTHER, PREMIUM, ADMIN = 7001, 7002, 7003, 7009
 
 # ----------------------------------------------------------------------------- quotas.py
 @pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    """A migrated SQLite file with user 10."""
-    url = url_for(tmp_path / "voicebot.db")
-    await upgrade_async(url)
-    engine = build_engine(url)
+async def sessions(database_url: str) -> AsyncIterator[Sessions]:
+    """A migrated database (SQLite, PostgreSQL) with user 10."""
+    await upgrade_async(database_url)
+    engine = build_engine(database_url)
     made = build_sessions(engine)
     await add_user(made, 10)
     yield made
@@ -99,12 +99,12 @@ async def test_a_charge_takes_the_allowance_then_the_balance_and_never_more(
     now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
     for message_id, seconds in ((1, 50), (2, 25), (3, 30)):
         await charged_job(sessions, message_id, seconds, now)
-    with closing(sqlite3.connect(sessions.kw["bind"].url.database)) as connection:
-        rows = connection.execute(
-            "SELECT charged_seconds, balance_seconds FROM usage ORDER BY id"
-        ).fetchall()
-        (balance,) = connection.execute("SELECT balance_seconds FROM users").fetchone()
-    assert rows == [(50, 0), (25, 15), (15, 15)]
+    async with sessions() as session:
+        charges = await session.execute(
+            select(Usage.charged_seconds, Usage.balance_seconds).order_by(Usage.id)
+        )
+        balance = await session.scalar(select(User.balance_seconds))
+    assert [tuple(row) for row in charges] == [(50, 0), (25, 15), (15, 15)]
     assert balance == 0
     with pytest.raises(IntegrityError):
         await charged_job(sessions, 1, 10, now)

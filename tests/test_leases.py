@@ -35,7 +35,7 @@ from voicebot.slots import Slots
 from .fakes import FakeBotAPI
 from .media import encode_audio, long_speech, voice_note
 from .test_cancel import downloads_of, file_id_of, shows, status, transcribing
-from .test_db import add_user, url_for
+from .test_db import add_user
 from .test_fairness import answered, job_ids, rows, run_bot, text_of
 from .test_polling import log_events
 
@@ -45,11 +45,10 @@ LEASE = 60.0
 
 
 @pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    """Sessions over a migrated SQLite file, with one user who sends the jobs."""
-    url = url_for(tmp_path / "data" / "voicebot.db")
-    await upgrade_async(url)
-    engine = build_engine(url)
+async def sessions(database_url: str) -> AsyncIterator[Sessions]:
+    """Sessions over a migrated database (SQLite and PostgreSQL), with one user who sends jobs."""
+    await upgrade_async(database_url)
+    engine = build_engine(database_url)
     made = build_sessions(engine)
     await add_user(made, USER)
     yield made

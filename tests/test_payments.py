@@ -25,6 +25,7 @@ from voicebot.models import User
 from .botproc import BotProcess
 from .fakes import FakeBotAPI, SentMessage
 from .media import voice_note
+from .test_db import fetch
 
 USER = 5005
 OTHER = 5006
@@ -51,11 +52,10 @@ def query(path: Path, sql: str) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    """Sessions on a migrated SQLite file."""
-    url = f"sqlite+aiosqlite:///{tmp_path / 'voicebot.db'}"
-    await asyncio.to_thread(upgrade, url)
-    engine = build_engine(url)
+async def sessions(database_url: str) -> AsyncIterator[Sessions]:
+    """Sessions on a migrated database (SQLite, PostgreSQL)."""
+    await asyncio.to_thread(upgrade, database_url)
+    engine = build_engine(database_url)
     yield build_sessions(engine)
     await engine.dispose()
 
@@ -154,22 +154,22 @@ async def refund(sessions: Sessions, charge_id: str) -> payments.Refund:
     return done
 
 
-async def test_a_purchase_is_credited_once(sessions: Sessions, tmp_path: Path) -> None:
+async def test_a_purchase_is_credited_once(sessions: Sessions) -> None:
     """A user never seen gets a row; the same charge id twice, even at once, credits once."""
     assert await credit(sessions, "ch_1") is True
     assert await credit(sessions, "ch_1") is False
     results = await asyncio.gather(*(credit(sessions, "ch_2", minutes=120) for _ in range(4)))
     assert sorted(results) == [False, False, False, True]
     assert await balance(sessions) == (30 + 120) * 60
-    rows = query(
-        tmp_path / "voicebot.db",
+    rows = await fetch(
+        sessions,
         "SELECT user_id, kind, seconds, stars, telegram_payment_charge_id FROM transactions "
         "ORDER BY id",
     )
     assert rows == [(USER, "purchase", 1800.0, 50, "ch_1"), (USER, "purchase", 7200.0, 50, "ch_2")]
 
 
-async def test_refund_takes_back_the_unspent_part(sessions: Sessions, tmp_path: Path) -> None:
+async def test_refund_takes_back_the_unspent_part(sessions: Sessions) -> None:
     """All of it when unspent, only the rest when part was spent, never below zero, once."""
     await credit(sessions, "ch_1")  # 1800 s
     await credit(sessions, "ch_2")  # 3600 s in all
@@ -184,8 +184,8 @@ async def test_refund_takes_back_the_unspent_part(sessions: Sessions, tmp_path: 
         await refund(sessions, "ch_1")
     with pytest.raises(UnknownChargeError):
         await refund(sessions, "ch_nope")
-    rows = query(
-        tmp_path / "voicebot.db",
+    rows = await fetch(
+        sessions,
         "SELECT kind, seconds, telegram_payment_charge_id FROM transactions ORDER BY id",
     )
     assert rows == [

@@ -30,7 +30,7 @@ from voicebot.privacy import forget, purge_old
 from .botproc import BotProcess
 from .fakes import FakeBotAPI, SentMessage
 from .media import silence, voice_note
-from .test_db import add_user, url_for
+from .test_db import add_user
 from .test_polling import log_events
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -42,11 +42,11 @@ PHRASE = "another door"
 
 
 @pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    """Sessions over a migrated SQLite file with users (and private chats) 10 and 11."""
-    url = url_for(tmp_path / "data" / "voicebot.db")
-    await upgrade_async(url)
-    engine = build_engine(url)
+async def sessions(database_url: str) -> AsyncIterator[Sessions]:
+    """Sessions over a migrated database (SQLite, PostgreSQL) with users (and private chats)
+    10 and 11."""
+    await upgrade_async(database_url)
+    engine = build_engine(database_url)
     made = build_sessions(engine)
     await add_user(made, 10)
     await add_user(made, 11)

@@ -1,11 +1,11 @@
-"""Refusals at the door are counted per UTC day and reason, by `intake.record` on a real file."""
+"""Refusals at the door are counted per UTC day and reason, by `intake.record`, on a real
+SQLite file and a real PostgreSQL database."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import pytest
 from aiogram.types import Chat, Message
@@ -19,24 +19,31 @@ from voicebot.models import User, utcnow
 from voicebot.ratelimits import Limiters, build_limiters
 from voicebot.refusals import count_refusals
 
-from .test_db import add_user, query, url_for
+from .test_db import add_user, fetch
 
 ANN, BEN = 6001, 6002
 #: Two unfinished jobs each, at most; a file named "poison" is refused by the database itself.
 SETTINGS = Settings(_env_file=None, user_max_active_jobs=2)  # type: ignore[call-arg]
-POISON = (
-    "CREATE TRIGGER poison BEFORE INSERT ON jobs WHEN NEW.file_id = 'poison'"
-    " BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"
-)
+POISON = {
+    "sqlite": [
+        "CREATE TRIGGER poison BEFORE INSERT ON jobs WHEN NEW.file_id = 'poison'"
+        " BEGIN SELECT RAISE(ABORT, 'poisoned row'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " IF NEW.file_id = 'poison' THEN RAISE EXCEPTION 'poisoned row'; END IF;"
+        " RETURN NEW; END $$",
+        "CREATE TRIGGER poison BEFORE INSERT ON jobs FOR EACH ROW EXECUTE FUNCTION poison()",
+    ],
+}
 message_ids = itertools.count(1)
 
 
 @pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[Sessions]:
-    """A migrated SQLite file with Ann, and Ben, who is banned."""
-    url = url_for(tmp_path / "voicebot.db")
-    await upgrade_async(url)
-    engine = build_engine(url)
+async def sessions(database_url: str) -> AsyncIterator[Sessions]:
+    """A migrated database (SQLite, PostgreSQL) with Ann, and Ben, who is banned."""
+    await upgrade_async(database_url)
+    engine = build_engine(database_url)
     made = build_sessions(engine)
     await add_user(made, ANN, "Ann")
     await add_user(made, BEN, "Ben")
@@ -69,12 +76,13 @@ async def recorded(
     return await record(sessions, intake, settings=SETTINGS, limiters=limiters)
 
 
-def counted(sessions: Sessions) -> dict[tuple[date, str], int]:
+async def counted(sessions: Sessions) -> dict[tuple[date, str], int]:
     """The refusals table."""
-    path = sessions.kw["bind"].url.database
+    rows = await fetch(sessions, "SELECT day, reason, count FROM refusals")
+    # SQLite hands a date back as its ISO text, PostgreSQL as a date.
     return {
-        (date.fromisoformat(day), reason): count
-        for day, reason, count in query(Path(path), "SELECT day, reason, count FROM refusals")
+        (day if isinstance(day, date) else date.fromisoformat(day), reason): count
+        for day, reason, count in rows
     }
 
 
@@ -85,31 +93,32 @@ async def test_each_batch_adds_its_refusals_to_the_days_counts(sessions: Session
     today = utcnow().date()
     first = await recorded(sessions, limiters, voice(ANN), voice(BEN), voice(ANN), voice(ANN))
     assert (len(first.job_ids), sorted(first.reasons)) == (2, ["banned", "too_many_active"])
-    assert counted(sessions) == {(today, "banned"): 1, (today, "too_many_active"): 1}
+    assert await counted(sessions) == {(today, "banned"): 1, (today, "too_many_active"): 1}
 
     second = await recorded(sessions, limiters, voice(ANN), voice(ANN), voice(BEN))
     assert sorted(second.reasons) == ["banned", "too_many_active", "too_many_active"]
-    assert counted(sessions) == {(today, "banned"): 2, (today, "too_many_active"): 3}
+    assert await counted(sessions) == {(today, "banned"): 2, (today, "too_many_active"): 3}
 
     async with sessions() as session:
         await session.execute(text("UPDATE jobs SET status = 'done'"))
         await session.commit()
     third = await recorded(sessions, limiters, voice(ANN))
     assert (len(third.job_ids), third.reasons) == (1, [])
-    assert counted(sessions) == {(today, "banned"): 2, (today, "too_many_active"): 3}
+    assert await counted(sessions) == {(today, "banned"): 2, (today, "too_many_active"): 3}
 
 
 async def test_a_message_the_database_refuses_is_counted_as_failed(sessions: Sessions) -> None:
     """A row the database refuses fails its own message only: it is counted as failed, in a
     transaction of its own, beside the refusals of the messages stored one by one."""
     async with sessions() as session:
-        await session.execute(text(POISON))
+        for statement in POISON[session.get_bind().dialect.name]:
+            await session.execute(text(statement))
         await session.commit()
     limiters = build_limiters(SETTINGS)
     today = utcnow().date()
     done = await recorded(sessions, limiters, voice(ANN), voice(ANN, "poison"), voice(BEN))
     assert (len(done.job_ids), sorted(done.reasons)) == (1, ["banned", "failed"])
-    assert counted(sessions) == {(today, "banned"): 1, (today, "failed"): 1}
+    assert await counted(sessions) == {(today, "banned"): 1, (today, "failed"): 1}
 
 
 async def test_counts_are_kept_per_day(sessions: Sessions) -> None:
@@ -120,7 +129,7 @@ async def test_counts_are_kept_per_day(sessions: Sessions) -> None:
         await count_refusals(session, day=days[1], reasons=["quota"])
         await count_refusals(session, day=days[0], reasons=[])
         await session.commit()
-    assert counted(sessions) == {
+    assert await counted(sessions) == {
         (days[0], "quota"): 2,
         (days[0], "rate_limit"): 1,
         (days[1], "quota"): 1,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -14,6 +14,9 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -45,15 +48,28 @@ def _sqlite_pragmas(connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Apply migrations up to `revision` (blocking; run it in a thread from async code)."""
-    from alembic import command
+def _alembic(url: str) -> Config:
+    """Alembic's configuration for our migrations on `url`."""
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["url"] = url
-    command.upgrade(config, revision)
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply migrations up to `revision` (blocking; run it in a thread from async code)."""
+    from alembic import command
+
+    command.upgrade(_alembic(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Revert migrations down to `revision` ("base": none left); blocking, as `upgrade`."""
+    from alembic import command
+
+    command.downgrade(_alembic(url), revision)
 
 
 async def upgrade_async(url: str) -> None:

@@ -288,7 +288,10 @@ async def upsert_senders(session: AsyncSession, *, senders: list[Sender]) -> Non
         return
     now = utcnow()
     insert = _insert_for(session)
-    users = {s.user_id: s for s in senders}
+    # Rows in id order: PostgreSQL locks each existing row as it updates it, and two batches
+    # taking the same people in other orders would deadlock (lock_users takes the same order).
+    # The sort is stable: the batch's latest profile of each still wins.
+    users = {s.user_id: s for s in sorted(senders, key=lambda s: s.user_id)}
     new_users = insert(User).values(
         [
             {
@@ -313,7 +316,7 @@ async def upsert_senders(session: AsyncSession, *, senders: list[Sender]) -> Non
             },
         )
     )
-    chats = {s.chat_id: s for s in senders}
+    chats = {s.chat_id: s for s in sorted(senders, key=lambda s: s.chat_id)}
     new_chats = insert(Chat).values(
         [
             {"id": s.chat_id, "type": s.chat_type, "title": s.chat_title, "created_at": now}
