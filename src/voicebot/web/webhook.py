@@ -48,6 +48,7 @@ class Inbox:
         self.dispatcher = dispatcher
         self._queue: asyncio.Queue[tuple[Update, asyncio.Future[None]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         # Kept by reference: the loop holds tasks only weakly.
         self._after: set[asyncio.Task[None]] = set()
 
@@ -56,13 +57,17 @@ class Inbox:
         self._task = asyncio.create_task(self._run(), name="webhook-inbox")
 
     async def submit(self, update: Update) -> None:
-        """Return once `update`'s batch is recorded; raise what recording it raised."""
+        """Return once `update`'s batch is recorded; NotRecordedError when it was not (or the
+        inbox is closing: a request read before the stop began arrives after it)."""
+        if self._closing:
+            raise NotRecordedError
         future = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((update, future))
         await future
 
     async def close(self) -> None:
         """Record what was submitted already, then stop; wait for the batches' follow-ups."""
+        self._closing = True
         await self._queue.join()
         if self._task is not None:
             self._task.cancel()
