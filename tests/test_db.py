@@ -102,16 +102,21 @@ async def test_upgrade_creates_the_schema(database_url: str) -> None:
     assert "status_requested_at" in columns
 
 
-async def test_upgrade_from_the_first_revision_keeps_jobs(database_url: str) -> None:
-    """A database made by 0001 gains the later columns (with defaults) and keeps its jobs."""
-    url = database_url
-    await migrate(url, "0001")
+async def seed_ann(url: str) -> None:
+    """User 7 (Ann) and her private chat, as any schema revision stores them."""
     await query(
         url,
         "INSERT INTO users (id, first_name, created_at, last_seen_at) "
         "VALUES (7, 'Ann', '2024-01-01 00:00:00', '2024-01-01 00:00:00')",
     )
     await query(url, "INSERT INTO chats (id, type, created_at) VALUES (7, 'private', '2024-01-01')")
+
+
+async def test_upgrade_from_the_first_revision_keeps_jobs(database_url: str) -> None:
+    """A database made by 0001 gains the later columns (with defaults) and keeps its jobs."""
+    url = database_url
+    await migrate(url, "0001")
+    await seed_ann(url)
     await query(
         url,
         "INSERT INTO jobs (chat_id, user_id, message_id, kind, file_id, file_unique_id, status,"
@@ -141,12 +146,7 @@ async def test_0006_gives_old_usage_its_transcripts_language_and_downgrades(
     downgrade to 0005 drops the column and the refusals table and keeps the usage rows."""
     url = database_url
     await migrate(url, "0005")
-    await query(
-        url,
-        "INSERT INTO users (id, first_name, created_at, last_seen_at) "
-        "VALUES (7, 'Ann', '2024-01-01 00:00:00', '2024-01-01 00:00:00')",
-    )
-    await query(url, "INSERT INTO chats (id, type, created_at) VALUES (7, 'private', '2024-01-01')")
+    await seed_ann(url)
     await query(
         url,
         "INSERT INTO transcripts (id, file_unique_id, text, language, language_probability,"
@@ -188,12 +188,7 @@ async def test_0007_leaves_old_jobs_unclaimed_and_downgrades(database_url: str) 
     drops the lease columns and keeps the jobs."""
     url = database_url
     await migrate(url, "0006")
-    await query(
-        url,
-        "INSERT INTO users (id, first_name, created_at, last_seen_at) "
-        "VALUES (7, 'Ann', '2024-01-01 00:00:00', '2024-01-01 00:00:00')",
-    )
-    await query(url, "INSERT INTO chats (id, type, created_at) VALUES (7, 'private', '2024-01-01')")
+    await seed_ann(url)
     await query(
         url,
         "INSERT INTO jobs (chat_id, user_id, message_id, kind, file_id, file_unique_id, status,"

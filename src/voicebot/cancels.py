@@ -127,12 +127,19 @@ async def press(
 
 def stop(runtime: Runtime, job_id: int) -> bool:
     """Stop the task of the cancelled job `job_id` if this process has one; whether it did."""
+    return stop_task(runtime, job_id, reason=runtime.cancelling)
+
+
+def stop_task(runtime: Runtime, job_id: int, *, reason: set[int]) -> bool:
+    """Cancel job `job_id`'s task in this process, marking why in `reason` (`Runtime.cancelling`
+    or `Runtime.lost`); whether there was one not being stopped already."""
     task = runtime.tasks.get(job_id)
-    # One that lost its lease is being stopped already, and says nothing (see `leases.drop`).
+    # A task being stopped already keeps its first reason: a lost lease says nothing, a cancel
+    # says "Cancelled" (see `jobs._job`).
     if task is None or job_id in runtime.cancelling or job_id in runtime.lost:
         return False
-    # Marked first: the task tells this stop from a shutdown by it (see `jobs.transcribe_job`).
-    runtime.cancelling.add(job_id)
+    # Marked first: the task tells this stop from a shutdown by it.
+    reason.add(job_id)
     task.cancel()
     return True
 

@@ -50,7 +50,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from voicebot import texts
+from voicebot import cancels, texts
 from voicebot.config import Settings
 from voicebot.errors import JobCancelledError, LeaseLostError
 from voicebot.models import ACTIVE, Job, utcnow
@@ -208,13 +208,7 @@ def note_lost(runtime: Runtime, job_id: int, *, noticed: str) -> None:
 
 def drop(runtime: Runtime, job_id: int) -> bool:
     """Stop the task of job `job_id`, whose lease another worker took; whether there was one."""
-    task = runtime.tasks.get(job_id)
-    if task is None or job_id in runtime.cancelling or job_id in runtime.lost:
-        return False
-    # Marked first: the task tells this stop from a cancel and a shutdown by it.
-    runtime.lost.add(job_id)
-    task.cancel()
-    return True
+    return cancels.stop_task(runtime, job_id, reason=runtime.lost)
 
 
 async def heartbeat(runtime: Runtime, *, interval: float | None = None) -> None:
