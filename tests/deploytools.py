@@ -7,13 +7,18 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from voicebot.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 GRACE = Settings.model_fields["shutdown_grace_seconds"].default
+DEPLOY = ROOT / "deploy"
+#: The stack at scale; its relative paths are relative to its folder (Compose's project folder).
+SCALE = DEPLOY / "compose.scale.yml"
 
 
 def tool(name: str, *, required_in_ci: bool = True) -> str:
@@ -34,3 +39,18 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [tool("promtool"), *args], capture_output=True, text=True, check=False, timeout=60
     )
+
+
+def scale_stack() -> dict[str, Any]:
+    """deploy/compose.scale.yml, parsed (anchors and `<<` merges resolved, as Compose does)."""
+    stack: dict[str, Any] = yaml.safe_load(SCALE.read_text())
+    return stack
+
+
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """A service's mounts, target -> source (a named volume, or a path relative to deploy/)."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        found[target] = source
+    return found

@@ -5,21 +5,27 @@ name one the app exports) and Grafana's provisioning files."""
 from __future__ import annotations
 
 import json
+import posixpath
 import re
+import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from voicebot.metrics import build_metrics
 
-from .deploytools import ROOT, promtool
+from .deploytools import DEPLOY, ROOT, mounts, promtool, scale_stack
 
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-DASHBOARD = ROOT / "deploy" / "grafana" / "voicebot.json"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+#: Prometheus of the stack at scale (deploy/compose.scale.yml).
+PROMETHEUS = DEPLOY / "prometheus" / "prometheus.yml"
+DASHBOARD = DEPLOY / "grafana" / "voicebot.json"
+#: Grafana's provisioning in that stack: the data source, the dashboard.
+PROVISIONING = DEPLOY / "grafana" / "provisioning"
 OPERATIONS = ROOT / "docs" / "operations.md"
-
 
 #: Series Prometheus makes itself for each scrape, and the labels it puts on every target's.
 SCRAPE_SERIES = {"up": frozenset()}
@@ -256,3 +262,102 @@ def test_grafana_queries_use_exported_metrics_and_parse(tmp_path: Path) -> None:
     recorded.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = promtool_check_rules(recorded)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- The stack at scale: Prometheus' scrape config, Grafana's provisioning ------------------
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    """The rules of deploy/prometheus/alerts.yml."""
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule for group in groups for rule in group["rules"]]
+
+
+def test_prometheus_config_passes_promtool_check_config(tmp_path: Path) -> None:
+    """The stack's config passes `promtool check config`, which loads the alert rules beside it
+    (so they are the ones evaluated); a broken copy fails it."""
+    result = promtool("check", "config", str(PROMETHEUS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 1 rule files found" in result.stdout
+    assert f"Checking {ALERTS}" in result.stdout
+    assert f"SUCCESS: {len(alert_rules())} rules found" in result.stdout
+
+    shutil.copy(ALERTS, tmp_path / ALERTS.name)
+    broken = tmp_path / PROMETHEUS.name
+    text = PROMETHEUS.read_text()
+    assert "port: 8080" in text
+    broken.write_text(text.replace("port: 8080", "# port: 8080", 1))
+    result = promtool("check", "config", str(broken))
+    assert result.returncode != 0
+    assert "a port is required in DNS-SD configs" in result.stdout + result.stderr
+
+
+def test_prometheus_scrapes_every_bot_and_worker_under_the_alerts_job() -> None:
+    """Docker DNS discovery on the names of the services that run voicebot, at their HTTP_PORT,
+    as the job the alert rules select; compose mounts the config and the rules where the
+    config expects them."""
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "voicebot"
+    assert any('job="voicebot"' in rule["expr"] for rule in alert_rules())
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    (discovery,) = job["dns_sd_configs"]
+    services = scale_stack()["services"]
+    roles = {
+        name: service
+        for name, service in services.items()
+        if service.get("command", [None])[0] == "voicebot"
+    }
+    assert sorted(discovery["names"]) == sorted(roles) == ["bot", "worker"]
+    assert discovery["type"] == "A"
+    for service in roles.values():
+        assert str(discovery["port"]) == service["environment"]["HTTP_PORT"]
+    assert job["relabel_configs"] == [
+        {"source_labels": ["__meta_dns_name"], "target_label": "role"}
+    ]
+
+    mounted = mounts(services["prometheus"])
+    # The image's default --config.file; the rule file resolved against the config's folder.
+    assert (DEPLOY / mounted["/etc/prometheus/prometheus.yml"]).resolve() == PROMETHEUS
+    (rules,) = config["rule_files"]
+    assert (PROMETHEUS.parent / rules).resolve() == ALERTS
+    assert (DEPLOY / mounted[posixpath.join("/etc/prometheus", rules)]).resolve() == ALERTS
+    assert mounted["/prometheus"] in scale_stack()["volumes"]
+
+
+def test_grafana_provisioning_adds_the_prometheus_and_the_dashboard() -> None:
+    """The data source is the stack's Prometheus, the default one of the type the dashboard's
+    variable asks for; the dashboard provider reads the folder compose mounts voicebot.json in."""
+    services = scale_stack()["services"]
+    mounted = mounts(services["grafana"])
+    for kind in ("datasources", "dashboards"):
+        source = (DEPLOY / mounted[f"/etc/grafana/provisioning/{kind}"]).resolve()
+        assert source == PROVISIONING / kind
+
+    (datasources,) = (PROVISIONING / "datasources").iterdir()
+    provisioned = yaml.safe_load(datasources.read_text())
+    assert provisioned["apiVersion"] == 1
+    (source,) = provisioned["datasources"]
+    dashboard = json.loads(DASHBOARD.read_text())
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+    assert source["type"] == variable["query"] == "prometheus"
+    assert source["isDefault"] is True  # the variable has no current value: it takes this one
+    assert source["access"] == "proxy"
+    assert source["url"] == "http://prometheus:9090"
+    assert "127.0.0.1:9090:9090" in services["prometheus"]["ports"]
+
+    (dashboards,) = (PROVISIONING / "dashboards").iterdir()
+    provisioned = yaml.safe_load(dashboards.read_text())
+    assert provisioned["apiVersion"] == 1
+    (provider,) = provisioned["providers"]
+    assert provider["type"] == "file"
+    folder = provider["options"]["path"]
+    files = {
+        target: (DEPLOY / source).resolve()
+        for target, source in mounted.items()
+        if posixpath.dirname(target) == folder
+    }
+    assert files == {posixpath.join(folder, DASHBOARD.name): DASHBOARD}
+    # Provisioning does not fill in an exported dashboard's inputs, nor takes a fixed id.
+    assert "__inputs" not in dashboard
+    assert dashboard["id"] is None
