@@ -17,6 +17,8 @@ OFFICIAL_API_URL = "https://api.telegram.org"
 PUBLIC_FILE_LIMIT_MB = 20
 LOCAL_FILE_LIMIT_MB = 2000
 WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{16,256}")
+#: What REDIS_URL may start with (before `://`).
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 def _default_cache_dir() -> Path:
@@ -86,6 +88,9 @@ class Settings(BaseSettings):
     user_jobs_per_minute: int = Field(default=10, ge=1)
     global_jobs_per_minute: int = Field(default=100, ge=1)
     rate_limit_storage_url: str = "memory://"
+    #: The Redis that several processes share (redis://, rediss:// or unix://); the rate-limit
+    #: counters live there while RATE_LIMIT_STORAGE_URL is left at memory://.
+    redis_url: str | None = None
     max_queue_size: int = Field(default=100, ge=1)
     priority_max_wait_seconds: float = Field(default=300, gt=0)
 
@@ -152,6 +157,22 @@ class Settings(BaseSettings):
                 except ValueError as error:
                     raise ValueError(f"{part!r} is not a network in CIDR notation") from error
             return networks
+        return value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _check_redis_url(cls, value: object) -> object:
+        """Blank is none; otherwise a URL the Redis client takes (not echoed: it may hold a
+        password)."""
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            if value.strip().split("://", 1)[0] not in REDIS_SCHEMES:
+                raise ValueError(
+                    "expected redis://HOST:6379/0, rediss://HOST:6379/0 (TLS) or "
+                    "unix:///path/to/redis.sock"
+                )
+            return value.strip()
         return value
 
     @field_validator("sentry_dsn", mode="before")

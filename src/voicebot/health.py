@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiogram.exceptions import ClientDecodeError, TelegramAPIError
 from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from voicebot.locks import POLLING
 from voicebot.models import Job, JobStatus
 
 if TYPE_CHECKING:
@@ -42,6 +43,8 @@ class Health:
     #: that asks it, once setWebhook succeeded (None until then).
     webhook_url: str | None = None
     webhook_bot: Bot | None = None
+    #: The locks this process stands by for (see `locks.hold`), each with who holds it.
+    standby: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,11 @@ async def checks(health: Health) -> list[Check]:
     now = time.monotonic()
     if health.webhook_url is not None:
         receiving = await _webhook(health)
+    elif health.polling_at is None and POLLING in health.standby:
+        # Ready: it takes over when the poller stops. Were a standby not ready, a deploy that
+        # starts the new instance and waits for it to be ready before stopping the old one
+        # would never finish (the new one polls only once the old one is gone).
+        receiving = Check("polling", True, f"standby: {health.standby[POLLING]} polls")
     elif health.polling_at is None:
         receiving = Check("polling", False, "stopping" if health.stopping else "not running")
     elif now - health.polling_at > POLLING_STALE_SECONDS:
