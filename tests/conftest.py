@@ -66,7 +66,7 @@ def postgres() -> Iterator[PostgresServer]:
         server.start()
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

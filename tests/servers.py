@@ -73,13 +73,20 @@ class PostgresServer:
         )
         assert done.returncode == 0, f"{' '.join(command)} failed:\n{done.stdout}{done.stderr}"
 
+    @property
+    def running(self) -> bool:
+        """Whether the server is up (its data folder holds a pid file)."""
+        return (self.data / "postmaster.pid").exists()
+
     def start(self) -> None:
-        """Create the cluster and start it, waiting until it accepts connections."""
-        self._run(
-            *(self.initdb, "--pgdata", str(self.data), "--username", self.USER),
-            *("--auth", "trust", "--encoding", "UTF8", "--locale", "C", "--no-sync"),
-        )
-        self.port = free_port()
+        """Start the server, waiting until it accepts connections: the first time on a new
+        cluster and a free port, after `stop` on the same data and port."""
+        if not (self.data / "PG_VERSION").exists():
+            self._run(
+                *(self.initdb, "--pgdata", str(self.data), "--username", self.USER),
+                *("--auth", "trust", "--encoding", "UTF8", "--locale", "C", "--no-sync"),
+            )
+        self.port = self.port or free_port()
         settings = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
@@ -99,9 +106,14 @@ class PostgresServer:
         )
 
     def stop(self) -> None:
-        """Stop the server (no waiting for clients) and remove its directory."""
-        if self.data.is_dir() and (self.data / "postmaster.pid").exists():
+        """Stop the server (no waiting for clients), keeping its data (a fast stop still ends
+        with a checkpoint): `start` brings it back."""
+        if self.running:
             self._run(self.pg_ctl, "stop", "--pgdata", str(self.data), "--mode", "fast", "--wait")
+
+    def close(self) -> None:
+        """Stop the server and remove its directory."""
+        self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str, driver: str = "postgresql+asyncpg") -> str:
