@@ -4,14 +4,19 @@ and skips elsewhere, as tests/test_deploy.py's tools do."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -22,13 +27,16 @@ POSTGRES_FOLDERS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=Tru
 #: The server's own time zone, far from UTC and not a whole hour off it: code that lets the
 #: database turn times into dates or hours in its session time zone shows up as wrong numbers.
 POSTGRES_TIMEZONE = "Asia/Kathmandu"
+#: How long a server may take to start or stop before the test fails.
+SERVER_TIMEOUT = 90.0
 
 
-def server_binary(name: str, folders: list[Path]) -> str:
-    """The program's path (PATH first, then `folders`); missing, it fails in CI and skips else."""
-    found = shutil.which(name) or next(
-        (str(folder / name) for folder in folders if (folder / name).is_file()), None
-    )
+def server_binary(name: str, folders: list[Path], *, folders_first: bool = False) -> str:
+    """The program's path (PATH first, then `folders`, or the other way round); missing, it
+    fails in CI and skips else."""
+    in_folders = next((str(folder / name) for folder in folders if (folder / name).is_file()), None)
+    found = (in_folders or shutil.which(name)) if folders_first else shutil.which(name)
+    found = found or in_folders
     if found is None:
         message = f"{name} is not installed (`make test` installs it with apt-get)"
         if os.environ.get("CI") == "true":
@@ -43,6 +51,55 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:`port`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], log: Path) -> None:
+    """Poll `ready` until it holds; the server's exit or a timeout fails with its log."""
+    deadline = time.monotonic() + SERVER_TIMEOUT
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            output = log.read_text(errors="replace")[-4000:] if log.exists() else ""
+            raise AssertionError(f"{process.args!r} exited or not ready in time:\n{output}")
+        time.sleep(0.05)
+
+
+def group_alive(group: int) -> bool:
+    """Whether a process of the process group still runs. A zombie does not count (PID 1 in a
+    container may never reap it) once all its threads are gone too: a process's leading
+    thread turns zombie first, and its files and ports close only with the last thread."""
+    for stat in Path("/proc").glob("[0-9]*/task/[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            state, _parent, process_group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+            if int(process_group) == group and state not in "ZX":
+                return True
+    return False
+
+
+def end(process: subprocess.Popen[bytes] | None, sig: signal.Signals, group: bool = True) -> None:
+    """Send `sig` to the process, or to its whole group (it was started in a session of its
+    own: its children too), and wait until none of the group runs: a killed process's
+    children are not ours to wait for, and they die a moment after it."""
+    if process is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        if group and (process.poll() is None or group_alive(process.pid)):
+            os.killpg(process.pid, sig)  # its children too, even when it is gone
+        elif process.poll() is None:
+            process.send_signal(sig)
+    process.wait(SERVER_TIMEOUT)
+    deadline = time.monotonic() + SERVER_TIMEOUT
+    while group_alive(process.pid):
+        assert time.monotonic() < deadline, f"{process.args!r}: its children outlived it"
+        time.sleep(0.02)
 
 
 class PostgresServer:
@@ -136,3 +193,100 @@ class PostgresServer:
     async def drop_database(self, url: str) -> None:
         """Drop the database of `url`, closing what is still connected to it."""
         await self._admin(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+
+
+class RedisServer:
+    """A throwaway Redis on 127.0.0.1 with no background snapshots and no append-only file:
+    `stop` saves a snapshot that `start` loads again, `kill` loses what changed since; each
+    test gets a database index of its own (`create_database`), flushed after."""
+
+    #: Database indexes on the server; each test takes the next one (0 stays unused).
+    DATABASES = 64
+
+    def __init__(self) -> None:
+        self.binary = server_binary("redis-server", [])
+        self.root = Path(tempfile.mkdtemp(prefix="voicebot-redis-"))
+        self.log = self.root / "server.log"
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.numbers = (n % (self.DATABASES - 1) + 1 for n in itertools.count())
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        """Start the server, waiting until it answers PING: the first time on a free port,
+        after `stop` or `kill` on the same port and folder."""
+        self.port = self.port or free_port()
+        command = [
+            *(self.binary, "--bind", "127.0.0.1", "--port", str(self.port)),
+            *("--dir", str(self.root), "--dbfilename", "dump.rdb", "--logfile", str(self.log)),
+            *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+            *("--databases", str(self.DATABASES)),
+        ]
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                cwd=self.root, start_new_session=True,
+            )  # fmt: skip
+        wait_until(self._answers, self.process, self.log)
+
+    def _answers(self) -> bool:
+        try:
+            return self.call(("PING",)) == ["PONG"]
+        except OSError:
+            return False
+
+    def call(self, *commands: tuple[str, ...]) -> list[str]:
+        """Send `commands` in one connection; their replies (status or integer replies only),
+        an error reply as its text with its leading "-"."""
+        payload = b"".join(
+            f"*{len(command)}\r\n".encode()
+            + b"".join(f"${len(part.encode())}\r\n{part}\r\n".encode() for part in command)
+            for command in commands
+        )
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as connection:
+            connection.sendall(payload)
+            replies = connection.makefile("rb")
+            lines = [replies.readline().decode().rstrip("\r\n") for _ in commands]
+        return [line[1:] if line[:1] in "+:" else line for line in lines]
+
+    def stop(self) -> None:
+        """Stop the server after it saves a snapshot to its folder (SHUTDOWN SAVE)."""
+        if not self.running:
+            return
+        assert self.process is not None
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as connection:
+            connection.sendall(b"*2\r\n$8\r\nSHUTDOWN\r\n$4\r\nSAVE\r\n")
+            reply = connection.makefile("rb").read()  # nothing: the server closes at exit
+        assert not reply, f"SHUTDOWN SAVE refused: {reply!r}"
+        self.process.wait(SERVER_TIMEOUT)
+
+    def kill(self) -> None:
+        """Kill the server (SIGKILL): what changed since the last `stop` is lost."""
+        end(self.process, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Stop the server and remove its folder."""
+        try:
+            end(self.process, signal.SIGTERM)
+        finally:
+            end(self.process, signal.SIGKILL)
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, database: int = 0) -> str:
+        """The URL of one database (index) on this server."""
+        return f"redis://127.0.0.1:{self.port}/{database}"
+
+    def create_database(self) -> str:
+        """The URL of a database index no running test uses, empty."""
+        database = next(self.numbers)
+        self.flush_database(self.url(database))
+        return self.url(database)
+
+    def flush_database(self, url: str) -> None:
+        """Empty the database of `url`."""
+        database = urlsplit(url).path.lstrip("/")
+        replies = self.call(("SELECT", database), ("FLUSHDB",))
+        assert replies == ["OK", "OK"], replies

@@ -1,13 +1,17 @@
 """The test servers themselves: a missing one fails in CI, a started one is on loopback in a
-temporary directory and is gone after `stop`."""
+temporary directory, comes back after `stop` (and `kill`) with its data, and is gone after
+`close`; the per-test fixtures keep tests apart."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncpg
+import coredis
 import pytest
 from sqlalchemy.engine import make_url
 
-from .servers import PostgresServer, server_binary
+from .servers import PostgresServer, RedisServer, accepts, server_binary
 
 
 def test_a_missing_server_fails_in_ci_and_skips_elsewhere(
@@ -20,6 +24,12 @@ def test_a_missing_server_fails_in_ci_and_skips_elsewhere(
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="initdb is not installed"):
         server_binary("initdb", [])
+
+
+def test_a_server_binary_is_looked_for_in_its_folders_first_when_asked(tmp_path: Path) -> None:
+    (tmp_path / "sh").write_text("#!/bin/sh\n")
+    assert server_binary("sh", [tmp_path]) != str(tmp_path / "sh")  # PATH's
+    assert server_binary("sh", [tmp_path], folders_first=True) == str(tmp_path / "sh")
 
 
 async def test_postgres_listens_on_loopback_only_and_is_removed_when_closed() -> None:
@@ -67,3 +77,34 @@ async def test_postgres_stopped_and_started_again_keeps_its_port_and_data() -> N
             await connection.close()
     finally:
         server.close()
+
+
+async def test_redis_answers_on_loopback_and_keeps_what_a_clean_stop_saved() -> None:
+    server = RedisServer()
+    try:
+        server.start()
+        async with coredis.Redis.from_url(server.url(1), decode_responses=True) as client:
+            assert await client.config_get(["bind"]) == {"bind": "127.0.0.1"}
+            await client.set("kept", "yes")
+        server.stop()
+        assert not accepts(server.port)
+        server.start()
+        async with coredis.Redis.from_url(server.url(1), decode_responses=True) as client:
+            assert await client.get("kept") == "yes"
+            await client.set("lost", "yes")
+        server.kill()  # no snapshot since the last stop: the later write is gone
+        server.start()
+        async with coredis.Redis.from_url(server.url(1), decode_responses=True) as client:
+            assert await client.get("kept") == "yes"
+            assert await client.get("lost") is None
+    finally:
+        server.close()
+    assert not server.root.exists()
+    assert not accepts(server.port)
+
+
+@pytest.mark.parametrize("run", [1, 2])
+async def test_each_test_gets_an_empty_redis_database(redis_url: str, run: int) -> None:
+    async with coredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        assert await client.dbsize() == 0  # nothing from the other run
+        await client.set("left behind", str(run))
