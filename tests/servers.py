@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -16,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import asyncpg
 import pytest
@@ -27,6 +29,9 @@ POSTGRES_FOLDERS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=Tru
 #: The server's own time zone, far from UTC and not a whole hour off it: code that lets the
 #: database turn times into dates or hours in its session time zone shows up as wrong numbers.
 POSTGRES_TIMEZONE = "Asia/Kathmandu"
+#: Where Debian's rabbitmq-server package keeps its real scripts: /usr/sbin has wrappers of them
+#: that switch to the `rabbitmq` user (see RabbitServer).
+RABBITMQ_FOLDERS = [Path("/usr/lib/rabbitmq/bin")]
 #: How long a server may take to start or stop before the test fails.
 SERVER_TIMEOUT = 90.0
 
@@ -290,3 +295,151 @@ class RedisServer:
         database = urlsplit(url).path.lstrip("/")
         replies = self.call(("SELECT", database), ("FLUSHDB",))
         assert replies == ["OK", "OK"], replies
+
+
+class RabbitServer:
+    """A throwaway RabbitMQ node on 127.0.0.1, no plugins, with everything of its own in a
+    temporary folder: node name, Erlang cookie, epmd on a free port (not the system's 4369),
+    distribution port, data and logs. `stop` and `kill` keep the data (durable queues and
+    persistent messages) and `start` brings the node back on the same port and data;
+    `create_vhost` gives each test a fresh virtual host on it.
+
+    Debian's /usr/sbin/rabbitmq-server and rabbitmqctl are wrappers that, run as root (as in
+    CI), switch with `su` to the `rabbitmq` user, its home and cookie and its own folders under
+    /var: the scripts they wrap, in /usr/lib/rabbitmq/bin, run the node and the CLI as
+    whoever calls them, with everything taken from the environment set here. So those are
+    called directly, as any user, root included (Erlang and RabbitMQ do not mind root)."""
+
+    #: The only user of a new node, allowed in from loopback only.
+    USER = "guest"
+    #: Erlang options for the node and the CLI: they use our epmd and never start one (the
+    #: node's boot still runs a throwaway `erl` that tries, and finds ours on the port), and
+    #: their distribution listens on loopback only.
+    ERL_ARGS = "-start_epmd false -kernel inet_dist_use_interface {127,0,0,1}"
+
+    def __init__(self) -> None:
+        self.server = server_binary("rabbitmq-server", RABBITMQ_FOLDERS, folders_first=True)
+        self.ctl = server_binary("rabbitmqctl", RABBITMQ_FOLDERS, folders_first=True)
+        self.epmd = server_binary("epmd", [])
+        self.root = Path(tempfile.mkdtemp(prefix="voicebot-rabbitmq-"))
+        self.log = self.root / "server.log"
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.epmd_process: subprocess.Popen[bytes] | None = None
+        self.numbers = itertools.count(1)
+        self.env: dict[str, str] = {}
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _prepare(self) -> None:
+        """The node's folders, files and ports, once."""
+        home = self.root / "home"
+        home.mkdir()
+        cookie = home / ".erlang.cookie"
+        cookie.write_text(secrets.token_hex(16))
+        cookie.chmod(0o400)
+        (self.root / "enabled_plugins").write_text("[].\n")
+        (self.root / "rabbitmq.conf").write_text("")  # rather than /etc/rabbitmq's
+        self.port = free_port()
+        inherited = {
+            name: value
+            for name, value in os.environ.items()
+            if not name.startswith(("RABBITMQ_", "ERL_"))
+        }
+        self.env = inherited | {
+            "HOME": str(home),
+            # None, rather than /etc/rabbitmq's: this path is never made.
+            "RABBITMQ_CONF_ENV_FILE": str(self.root / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(self.root / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(self.root / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.root / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(self.root / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.root / "log"),
+            "RABBITMQ_NODENAME": f"voicebot-test-{os.getpid()}-{self.port}@localhost",
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(free_port()),
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "ERL_EPMD_PORT": str(free_port()),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": self.ERL_ARGS,
+            # The CLI is an Erlang node too: any free port for it, on loopback.
+            "RABBITMQ_CTL_ERL_ARGS": self.ERL_ARGS,
+            "RABBITMQ_CTL_DIST_PORT_MIN": "0",
+            "RABBITMQ_CTL_DIST_PORT_MAX": "0",
+            "ERL_CRASH_DUMP": str(self.root / "erl_crash.dump"),
+        }
+
+    def start(self) -> None:
+        """Start the node, waiting until it accepts AMQP connections and has finished
+        booting: the first time on free ports, after `stop` or `kill` on the same ones."""
+        if not self.env:
+            self._prepare()
+        epmd_port = int(self.env["ERL_EPMD_PORT"])
+        if self.epmd_process is None:
+            self.epmd_process = subprocess.Popen(
+                (self.epmd, "-address", "127.0.0.1", "-port", str(epmd_port)),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                cwd=self.root, env=self.env, start_new_session=True,
+            )  # fmt: skip
+            wait_until(lambda: accepts(epmd_port), self.epmd_process, self.log)
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(
+                (self.server,), stdin=subprocess.DEVNULL, stdout=output,
+                stderr=subprocess.STDOUT, cwd=self.root, env=self.env, start_new_session=True,
+            )  # fmt: skip
+        wait_until(lambda: accepts(self.port), self.process, self.log)
+        self.rabbitmqctl("await_startup", "--timeout", str(int(SERVER_TIMEOUT)))
+
+    def rabbitmqctl(self, *arguments: str, stdin: str | None = None) -> str:
+        """Run `rabbitmqctl` on this node; its output (a failure shows it)."""
+        done = subprocess.run(
+            (self.ctl, "--quiet", *arguments), input=stdin, env=self.env, cwd=self.root,
+            capture_output=True, text=True, check=False, timeout=SERVER_TIMEOUT,
+        )  # fmt: skip
+        assert done.returncode == 0, (
+            f"rabbitmqctl {' '.join(arguments)} failed:\n{done.stdout}{done.stderr}"
+        )
+        return done.stdout
+
+    def stop(self) -> None:
+        """Stop the node cleanly, keeping its data: SIGTERM to the script, which passes it on
+        to the node and waits for it to exit (a second SIGTERM from us to the node would be
+        one too many)."""
+        end(self.process, signal.SIGTERM, group=False)
+
+    def kill(self) -> None:
+        """Kill the node and its script (SIGKILL), keeping its data: durable queues and
+        persistent messages it confirmed are back after `start`."""
+        end(self.process, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Stop the node and its epmd and remove its folder."""
+        try:
+            self.stop()
+        finally:
+            self.kill()
+            end(self.epmd_process, signal.SIGKILL)
+            self.epmd_process = None
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def url(self, vhost: str = "/") -> str:
+        """The AMQP URL of one virtual host on this node."""
+        return f"amqp://{self.USER}:{self.USER}@127.0.0.1:{self.port}/{quote(vhost, safe='')}"
+
+    def create_vhost(self) -> str:
+        """A new empty virtual host that the user may do everything in; its URL. One CLI
+        call (import_definitions), not two (add_vhost, set_permissions)."""
+        vhost = f"test_{next(self.numbers)}"
+        permissions = {"configure": ".*", "write": ".*", "read": ".*"}
+        definitions = {
+            "vhosts": [{"name": vhost}],
+            "permissions": [{"user": self.USER, "vhost": vhost, **permissions}],
+        }
+        self.rabbitmqctl("import_definitions", "--format", "json", stdin=json.dumps(definitions))
+        return self.url(vhost)
+
+    def delete_vhost(self, url: str) -> None:
+        """Delete the virtual host of `url` with everything in it."""
+        self.rabbitmqctl("delete_vhost", unquote(urlsplit(url).path[1:]))
