@@ -308,7 +308,7 @@ class RabbitServer:
     CI), switch with `su` to the `rabbitmq` user, its home and cookie and its own folders under
     /var: the scripts they wrap, in /usr/lib/rabbitmq/bin, run the node and the CLI as
     whoever calls them, with everything taken from the environment set here. So those are
-    called directly, as any user, root included (Erlang and RabbitMQ do not mind root)."""
+    called directly, by whoever runs the tests: root in CI (Erlang and RabbitMQ do not mind)."""
 
     #: The only user of a new node, allowed in from loopback only.
     USER = "guest"
