@@ -21,13 +21,16 @@ test: sync test-tools
 # Tools the tests check operator files with or start as servers (a missing one fails in CI):
 # each is "how to find it@Debian packages". nginx for `nginx -t` (openssl for its test
 # certificate), promtool (Debian's `prometheus`) for `promtool check rules`, chromium for the
-# dashboard's browser test, PostgreSQL for the tests on both databases. Installed with apt-get
-# as root, all missing ones at once.
+# dashboard's browser test, PostgreSQL for the tests on both databases, RabbitMQ (its real
+# scripts, which the tests call, are under /usr/lib/rabbitmq/bin) and Redis for the scale-out
+# tests. Installed with apt-get as root, all missing ones at once.
 TEST_TOOLS := \
 	"command -v nginx || test -x /usr/sbin/nginx@nginx-light openssl" \
 	"command -v promtool@prometheus" \
 	"command -v chromium@chromium" \
-	"command -v initdb || ls /usr/lib/postgresql/*/bin/initdb@postgresql"
+	"command -v initdb || ls /usr/lib/postgresql/*/bin/initdb@postgresql" \
+	"test -x /usr/lib/rabbitmq/bin/rabbitmq-server || command -v rabbitmq-server@rabbitmq-server" \
+	"command -v redis-server@redis-server"
 
 test-tools:
 	@missing=""; for tool in $(TEST_TOOLS); do \

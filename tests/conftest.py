@@ -13,7 +13,7 @@ from voicebot.config import Settings
 from voicebot.engine import Engine, build_engine
 
 from .fakes import FakeBotAPI
-from .servers import PostgresServer
+from .servers import PostgresServer, RabbitServer, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("CORPUS_DIR", ROOT.parent / "shared" / "corpus"))
@@ -66,7 +66,7 @@ def postgres() -> Iterator[PostgresServer]:
         server.start()
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -80,6 +80,46 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     url = await server.create_database()
     yield url
     await server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitServer]:
+    """One RabbitMQ node for the session, started when a test first asks for it."""
+    server = RabbitServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def amqp_url(rabbitmq: RabbitServer) -> Iterator[str]:
+    """A fresh virtual host on the session's RabbitMQ node, where `guest` may do anything;
+    its AMQP URL. Deleted after, with whatever the test left in it."""
+    url = rabbitmq.create_vhost()
+    yield url
+    rabbitmq.delete_vhost(url)
+
+
+@pytest.fixture(scope="session")
+def redis() -> Iterator[RedisServer]:
+    """One Redis server for the session, started when a test first asks for it."""
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def redis_url(redis: RedisServer) -> Iterator[str]:
+    """An empty database (index) of its own on the session's Redis server; its URL.
+    Flushed after."""
+    url = redis.create_database()
+    yield url
+    redis.flush_database(url)
 
 
 #: For a test that checks something only SQLite has (pragmas, the file itself).
