@@ -1,4 +1,5 @@
-"""Run the real bot (`python -m voicebot run`) as a child process against the fake Bot API."""
+"""Run the real bot (`python -m voicebot run`, or its `bot` and `worker` roles) as a child
+process against the fake Bot API."""
 
 from __future__ import annotations
 
@@ -18,11 +19,15 @@ def bot_database(database_url: str) -> dict[str, str]:
 
 
 class BotProcess:
-    """One `voicebot run` process; `start` returns once it is polling."""
+    """One `voicebot run` process (or `role`); `start` returns once it is polling (a worker:
+    once it has started)."""
 
-    def __init__(self, api: FakeBotAPI, workdir: Path, model_cache: Path, **env: str) -> None:
+    def __init__(
+        self, api: FakeBotAPI, workdir: Path, model_cache: Path, *, role: str = "run", **env: str
+    ) -> None:
         self.api = api
         self.workdir = workdir
+        self.role = role
         self.env = {
             **os.environ,
             "TELEGRAM_BOT_TOKEN": api.token,
@@ -43,12 +48,14 @@ class BotProcess:
         (getUpdates, or setWebhook when BOT_MODE=webhook)."""
         asks = "setWebhook" if self.env.get("BOT_MODE") == "webhook" else "getUpdates"
         polls = len(self.api.calls_of(asks))
+        started = self.output().count('"bot_started"')
+        self.workdir.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
                 "voicebot",
-                "run",
+                self.role,
                 cwd=self.workdir,
                 env=self.env,
                 stdout=log,
@@ -56,10 +63,12 @@ class BotProcess:
             )
         if not wait:
             return
-        await self.api.wait_for(
-            lambda: len(self.api.calls_of(asks)) > polls or self.exited, timeout
-        )
-        assert not self.exited, f"bot exited at start:\n{self.output()}"
+        if self.role == "worker":
+            ready = lambda: self.output().count('"bot_started"') > started  # noqa: E731
+        else:
+            ready = lambda: len(self.api.calls_of(asks)) > polls  # noqa: E731
+        await self.api.wait_for(lambda: ready() or self.exited, timeout)
+        assert not self.exited, f"{self.role} exited at start:\n{self.output()}"
 
     @property
     def exited(self) -> bool:

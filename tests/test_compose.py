@@ -22,11 +22,6 @@ from voicebot.config import Settings
 
 from .deploytools import DEPLOY, GRACE, ROOT, SCALE, mounts, scale_stack, tool
 
-#: The settings of the scale-out (issue 10) the stack sets, which voicebot.config gains with
-#: the `bot` and `worker` roles: accepted here while Settings does not have them yet.
-SCALE_OUT_SETTINGS = frozenset(
-    {"BROKER_URL", "REDIS_URL", "WORKER_QUEUES", "LONG_QUEUE", "LONG_AUDIO_SECONDS"}
-)
 #: Stand-ins for the passwords .env gives Compose.
 DOTENV = {
     "POSTGRES_PASSWORD": "pg0secret",
@@ -196,7 +191,7 @@ def test_scale_stack_sets_only_settings_voicebot_has() -> None:
     assert {"DATABASE_URL", "WORKERS", "WHISPER_DEVICE", "BOT_MODE"} <= known
     for name, service in voicebot_services(scale_stack()).items():
         env = environment(service)
-        unknown = set(env) - known - SCALE_OUT_SETTINGS
+        unknown = set(env) - known
         assert not unknown, f"{name} sets {unknown}, which voicebot.config.Settings does not read"
         settings = Settings(  # type: ignore[call-arg]
             _env_file=None, **{key.lower(): value for key, value in env.items() if key in known}

@@ -245,9 +245,9 @@ class KickRecorder(Runtime):
 
     kicked: list[int]
 
-    async def kick(self, job_id: int) -> None:
-        """Note `job_id` as queued."""
-        self.kicked.append(job_id)
+    async def kick(self, *job_ids: int) -> None:
+        """Note `job_ids` as queued."""
+        self.kicked.extend(job_ids)
 
 
 @pytest.fixture

@@ -60,18 +60,39 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 @app.command()
 def run() -> None:
     """Run the bot: long polling, transcription workers and the database in one process."""
-    import asyncio
-
-    from voicebot.service import serve
-
     settings = _settings()
     start_logging(settings)  # the token redacted; Sentry when SENTRY_DSN is set
     try:
         # One bot per database: a second one is refused, and so is a restore under it.
         with backup.run_lock(backup.lock_path(settings), holder="one bot per database"):
-            asyncio.run(serve(settings))
+            _serve(settings, front=True, work=True)
     except AlreadyRunningError as error:
         _fail(str(error), 1)
+
+
+@app.command()
+def bot() -> None:
+    """Run the Telegram front only: updates in, jobs recorded and published to BROKER_URL."""
+    settings = _settings()
+    start_logging(settings)
+    _serve(settings, front=True, work=False)
+
+
+@app.command()
+def worker() -> None:
+    """Run transcription workers only: WORKERS jobs at a time from BROKER_URL's queues."""
+    settings = _settings()
+    start_logging(settings)
+    _serve(settings, front=False, work=True)
+
+
+def _serve(settings: Settings, *, front: bool, work: bool) -> None:
+    import asyncio
+
+    from voicebot.service import serve
+
+    try:
+        asyncio.run(serve(settings, front=front, work=work))
     except VoicebotError as error:
         _fail(str(error))
     except KeyboardInterrupt:

@@ -16,6 +16,8 @@ OFFICIAL_API_URL = "https://api.telegram.org"
 # getFile refuses files over 20 MB, unless a self-hosted Bot API server runs in --local mode.
 PUBLIC_FILE_LIMIT_MB = 20
 LOCAL_FILE_LIMIT_MB = 2000
+#: The broker's queues: every job goes to `default`, except long recordings with LONG_QUEUE.
+QUEUES = ("default", "long")
 WEBHOOK_SECRET = re.compile(r"[A-Za-z0-9_-]{16,256}")
 #: What REDIS_URL may start with (before `://`).
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -61,6 +63,14 @@ class Settings(BaseSettings):
     #: A running job's lease (see `leases`): renewed every third of it; a job whose worker died
     #: is taken by another within it.
     job_lease_seconds: float = Field(default=60.0, gt=0)
+    #: RabbitMQ (amqp://…) that `voicebot bot` publishes jobs to and `voicebot worker`
+    #: consumes them from; None: the embedded in-process broker (`voicebot run` only).
+    broker_url: str | None = None
+    #: The queues this process's workers take jobs from (default, long).
+    worker_queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(QUEUES))
+    #: Recordings longer than LONG_AUDIO_SECONDS go to the `long` queue (for workers of their own).
+    long_queue: bool = False
+    long_audio_seconds: float = Field(default=600.0, gt=0)
 
     # Groups, live text and privacy
     #: Telegram allows a group about 20 messages a minute: status edits there at most this often.
@@ -225,6 +235,19 @@ class Settings(BaseSettings):
             return packages
         return value
 
+    @field_validator("worker_queues", mode="before")
+    @classmethod
+    def _queue_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [name.strip() for name in value.split(",") if name.strip()]
+        if isinstance(value, list):
+            unknown = sorted(set(value) - set(QUEUES))
+            if unknown or not value:
+                raise ValueError(
+                    f"expected a comma-separated list of {', '.join(QUEUES)}, got {value!r}"
+                )
+        return value
+
     @field_validator("quota_timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
@@ -241,6 +264,7 @@ class Settings(BaseSettings):
         "whisper_compute_type",
         "max_file_mb",
         "database_url",
+        "broker_url",
         "webhook_url",
         "admin_token",
         mode="before",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -28,10 +29,22 @@ def build_engine(url: str) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_async_engine(url)
+    # A server that restarted leaves dead connections in the pool: each is tested when taken,
+    # so one outage costs the requests made during it, not one more per pooled connection.
+    engine = create_async_engine(url, pool_pre_ping=parsed.get_backend_name() != "sqlite")
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether `error` says the database is out of reach or busy now, not that the data is
+    wrong: whatever it interrupted is left unconfirmed and tried again."""
+    # SQLite busy is an OperationalError; a server gone mid-query, a DBAPIError whose
+    # connection the pool invalidated; one refusing connections, the driver's OSError.
+    if isinstance(error, OperationalError | InterfaceError | OSError):
+        return True
+    return isinstance(error, DBAPIError) and error.connection_invalidated
 
 
 def build_sessions(engine: AsyncEngine) -> Sessions:

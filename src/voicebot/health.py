@@ -33,6 +33,9 @@ class Health:
     """The service's parts as `service.serve` brings them up and takes them down."""
 
     sessions: Sessions | None = None
+    #: What this process does (`voicebot run`: both): take updates, and run jobs.
+    front: bool = True
+    work: bool = True
     #: The model loaded (None until it is).
     model: str | None = None
     broker: bool = False
@@ -57,27 +60,32 @@ class Check:
 
 
 async def checks(health: Health) -> list[Check]:
-    """Each readiness fact now: database, model, broker, and polling or the webhook."""
+    """Each readiness fact now: database, model (a worker), broker, and polling or the webhook
+    (a bot)."""
+    found = [await _database(health.sessions)]
+    if health.work:
+        found.append(Check("model", health.model is not None, health.model or "not loaded"))
+    found.append(Check("broker", health.broker, "started" if health.broker else "not started"))
+    if health.front:
+        found.append(await _receiving(health))
+    return found
+
+
+async def _receiving(health: Health) -> Check:
+    """Whether updates come in: the polling loop goes round, or Telegram has the webhook."""
     now = time.monotonic()
     if health.webhook_url is not None:
-        receiving = await _webhook(health)
-    elif health.polling_at is None and POLLING in health.standby:
+        return await _webhook(health)
+    if health.polling_at is None and POLLING in health.standby:
         # Ready: it takes over when the poller stops. Were a standby not ready, a deploy that
         # starts the new instance and waits for it to be ready before stopping the old one
         # would never finish (the new one polls only once the old one is gone).
-        receiving = Check("polling", True, f"standby: {health.standby[POLLING]} polls")
-    elif health.polling_at is None:
-        receiving = Check("polling", False, "stopping" if health.stopping else "not running")
-    elif now - health.polling_at > POLLING_STALE_SECONDS:
-        receiving = Check("polling", False, f"stuck for {now - health.polling_at:.0f} s")
-    else:
-        receiving = Check("polling", True, "running")
-    return [
-        await _database(health.sessions),
-        Check("model", health.model is not None, health.model or "not loaded"),
-        Check("broker", health.broker, "started" if health.broker else "not started"),
-        receiving,
-    ]
+        return Check("polling", True, f"standby: {health.standby[POLLING]} polls")
+    if health.polling_at is None:
+        return Check("polling", False, "stopping" if health.stopping else "not running")
+    if now - health.polling_at > POLLING_STALE_SECONDS:
+        return Check("polling", False, f"stuck for {now - health.polling_at:.0f} s")
+    return Check("polling", True, "running")
 
 
 async def _webhook(health: Health) -> Check:

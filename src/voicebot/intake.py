@@ -14,13 +14,13 @@ from functools import partial
 
 import structlog
 from aiogram.types import CallbackQuery, Message
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from voicebot import texts
 from voicebot.admission import Admission, admit, count_active
 from voicebot.config import Settings
-from voicebot.db import Sessions
+from voicebot.db import Sessions, unavailable
 from voicebot.i18n import DEFAULT_LOCALE, locale_for, use_locale
 from voicebot.models import (
     Chat,
@@ -134,10 +134,6 @@ class Recorded:
 ForgotBefore = Callable[[int, tuple[int, int]], bool]
 """Whether a user confirmed /forget in the batch after sending a message (see `Intake`)."""
 
-# Errors that say the database is unreachable or busy, not that this data is wrong: the batch
-# is left unconfirmed and fetched again.
-TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
-
 
 async def record(
     sessions: Sessions, intake: Intake, *, settings: Settings, limiters: Limiters
@@ -182,9 +178,9 @@ async def _record_media(
     )
     try:
         return await store(items)
-    except TRANSIENT_DB_ERRORS:
-        raise
     except DBAPIError as error:
+        if unavailable(error):
+            raise  # the batch is left unconfirmed and fetched again
         log.error("batch_not_recorded", error=repr(error), size=len(items))
     job_ids: list[int] = []
     refused: list[Refusal] = []
@@ -192,9 +188,9 @@ async def _record_media(
     for item in items:
         try:
             one = await store([item])
-        except TRANSIENT_DB_ERRORS:
-            raise
         except DBAPIError as error:
+            if unavailable(error):
+                raise
             message = item[0]
             log.error(
                 "job_not_recorded",
@@ -365,9 +361,9 @@ async def record_translations(
         return await _store_translations(
             sessions, translations, settings=settings, limiters=limiters
         )
-    except TRANSIENT_DB_ERRORS:
-        raise
     except DBAPIError as error:
+        if unavailable(error):
+            raise  # the batch is left unconfirmed and fetched again
         log.error("translations_not_recorded", error=repr(error), size=len(translations))
         answers = []
         for asked in translations:

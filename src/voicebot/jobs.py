@@ -1,49 +1,37 @@
-"""Jobs: acknowledge a recorded job, run it as a taskiq task, recover after a restart."""
+"""Jobs: start a recorded job (its first reply, then its publish), run it as a taskiq task
+(`transcribe_job`, in whichever process the broker gives it to), recover after a restart."""
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
-import time
 import weakref
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import structlog
 from aiogram import Bot
 from aiogram.exceptions import (
     TelegramAPIError,
-    TelegramBadRequest,
     TelegramForbiddenError,
     TelegramMigrateToChat,
 )
 from sqlalchemy import select
-from taskiq import AsyncBroker, InMemoryBroker, TaskiqDepends
-from taskiq.decor import AsyncTaskiqDecoratedTask
+from sqlalchemy.exc import SQLAlchemyError
+from taskiq import TaskiqDepends
 
-from voicebot import cache, languages, leases, texts
+from voicebot import leases, texts
 from voicebot.answers import deliver_transcript, tell_cancelled, tell_failure
-from voicebot.audio import SAMPLE_RATE, decode
 from voicebot.chatadmins import ChatAdmins
 from voicebot.config import Settings
-from voicebot.db import Sessions
-from voicebot.delivery import (
-    try_edit,
-    with_retries,
-)
+from voicebot.db import Sessions, unavailable
 from voicebot.engine import Engine
-from voicebot.engine import Transcript as EngineTranscript
 from voicebot.errors import (
     BadAudioError,
     BannedError,
-    FileTooLargeError,
-    FileUnavailableError,
     JobCancelledError,
     LeaseLostError,
     QuotaExceededError,
-    TranscriptionCancelledError,
     VoicebotError,
 )
 from voicebot.groups import chat_gone, drop_unreachable
@@ -53,21 +41,19 @@ from voicebot.metrics import Metrics, build_metrics
 from voicebot.models import (
     ACTIVE,
     FINAL,
-    RESERVING,
     Job,
     JobStatus,
-    Transcript,
     User,
     as_utc,
-    set_job,
     set_job_if,
     untold_job_ids,
     utcnow,
 )
-from voicebot.quotas import ROUNDING_SECONDS, charge, group_of, is_admin, lock_user, standing
+from voicebot.quotas import is_admin
 from voicebot.ratelimits import Limiters
 from voicebot.slots import Slots
-from voicebot.status import Progress, acknowledge, cancel_keyboard, status_lock
+from voicebot.status import acknowledge
+from voicebot.transcription import transcribe
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +65,8 @@ class Runtime:
     settings: Settings
     bot: Bot
     sessions: Sessions
-    engine: Engine
+    #: The loaded model; None in a process that runs no jobs (`voicebot bot`).
+    engine: Engine | None
     slots: Slots
     limiters: Limiters
     #: Group administrators as Telegram last said (for who may change a group's settings).
@@ -91,7 +78,8 @@ class Runtime:
     running: set[asyncio.Task[Any]] = field(default_factory=set)
     #: Set at shutdown: a job that has just sent its status reply waits for the next start.
     stopping: bool = False
-    task: AsyncTaskiqDecoratedTask[..., Any] | None = None
+    #: Publishes job ids to the broker (set by `broker.build_broker`).
+    publish: Callable[[Sequence[int]], Awaitable[None]] | None = None
     #: Status replies in flight at once: within Telegram's rate, and at most this many in doubt
     #: after a crash (see `acknowledge`).
     replies: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(4))
@@ -117,27 +105,44 @@ class Runtime:
     #: Jobs whose task is alive in this process, from its start to its end: a second kick of
     #: one ends at once, and the sweeper leaves them be.
     handling: set[int] = field(default_factory=set)
+    #: Jobs this process is sending the first reply of, before it publishes them (`start`).
+    starting: set[int] = field(default_factory=set)
     #: Jobs this process holds the lease of (the heartbeat renews them), and those whose lease
     #: another worker took and whose task is being stopped for it.
     leased: set[int] = field(default_factory=set)
     lost: set[int] = field(default_factory=set)
 
-    async def kick(self, job_id: int) -> None:
-        """Queue job `job_id` on the broker."""
-        assert self.task is not None, "build_broker() registers the task"
-        await self.task.kiq(job_id)
+    async def kick(self, *job_ids: int) -> None:
+        """Publish jobs `job_ids` to the broker."""
+        assert self.publish is not None, "broker.build_broker() sets it"
+        await self.publish(job_ids)
 
 
-def build_broker(runtime: Runtime) -> AsyncBroker:
-    """The embedded in-process broker with the transcription task registered on it."""
-    broker = InMemoryBroker(max_async_tasks=10_000, propagate_exceptions=False)
-    broker.add_dependency_context({Runtime: runtime})
-    runtime.task = broker.register_task(transcribe_job, task_name="transcribe_job")
-    return broker
+def start(runtime: Runtime, job_ids: Sequence[int]) -> None:
+    """Start newly recorded jobs: each replies with its place in line, then is published."""
+    for job_id in job_ids:
+        task = asyncio.create_task(_start(runtime, job_id))
+        runtime.acknowledging.add(task)
+        task.add_done_callback(runtime.acknowledging.discard)
 
 
-async def recover(runtime: Runtime) -> int:
-    """Queue again every job accepted but not answered before the last stop."""
+async def _start(runtime: Runtime, job_id: int) -> None:
+    # The reply comes first, from the process that took the message: the user hears at once
+    # whatever the queue, and a worker finds it sent (its own `acknowledge` is then a read).
+    runtime.starting.add(job_id)
+    try:
+        await acknowledge(runtime, job_id)
+        if not runtime.stopping:  # at shutdown the job stays recorded for the next start
+            await runtime.kick(job_id)
+    except Exception:
+        log.exception("job_start_failed", job_id=job_id)
+    finally:
+        runtime.starting.discard(job_id)
+
+
+async def recover(runtime: Runtime, *, durable: bool) -> int:
+    """Publish again every job accepted but not answered before the last stop; with a
+    `durable` broker, only those it does not hold (the others wait there)."""
     async with runtime.sessions() as session:
         if runtime.sole_worker:
             # The process that held these leases is gone (see `leases`): no wait for expiry.
@@ -145,9 +150,8 @@ async def recover(runtime: Runtime) -> int:
             await session.commit()
             if taken:
                 log.info("leases_taken_back", count=taken)
-        ids = await untold_job_ids(session)
-    for job_id in ids:
-        await runtime.kick(job_id)
+        ids = await untold_job_ids(session, unpublished_only=durable)
+    await runtime.kick(*ids)
     if ids:
         log.info("jobs_recovered", count=len(ids), job_ids=ids)
     return len(ids)
@@ -211,7 +215,7 @@ async def _job(runtime: Runtime, job_id: int) -> None:
             runtime.waiting.discard(current)
             runtime.running.add(current)
             runtime.metrics.queue_wait.observe((utcnow() - as_utc(job.created_at)).total_seconds())
-            await _run(runtime, job_id)
+            await _run_when_reachable(runtime, job_id)
     except JobCancelledError:
         # Found cancelled by a conditional update (the transcript, a cache hit, the start).
         runtime.tasks.pop(job_id, None)
@@ -261,7 +265,7 @@ async def _run(runtime: Runtime, job_id: int) -> None:
         if job.transcript_id is None:
             if job.attempts >= runtime.settings.job_max_attempts:
                 raise _GaveUpError(texts.GAVE_UP)
-            await _transcribe(runtime, job)
+            await transcribe(runtime, job)
         await deliver_transcript(runtime, job)
     except asyncio.CancelledError:
         if job_id in runtime.cancelling or job_id in runtime.lost:
@@ -279,6 +283,8 @@ async def _run(runtime: Runtime, job_id: int) -> None:
                 attempts=attempts,
                 claimed_by=None,
                 lease_until=None,
+                # Its message is acknowledged as this task ends: the sweeper publishes it again.
+                published_priority=None,
             )
             await session.commit()
         if postponed:
@@ -288,9 +294,28 @@ async def _run(runtime: Runtime, job_id: int) -> None:
         raise
     except (VoicebotError, TelegramAPIError) as error:
         await _fail(runtime, job, error)
-    except Exception as error:  # noqa: BLE001 - the job's one handler: log, tell, keep serving
+    except Exception as error:  # the job's one handler: log, tell, keep serving
+        if unavailable(error):
+            raise  # not the job's fault: `_run_when_reachable` runs it again
         bound.exception("job_crashed")
         await _fail(runtime, job, error)
+
+
+async def _run_when_reachable(runtime: Runtime, job_id: int) -> None:
+    """`_run`, again after a pause (1 s, doubling to 30 s) while the database is out of reach."""
+    pause = 1.0
+    while True:
+        try:
+            await _run(runtime, job_id)
+            return
+        except (SQLAlchemyError, OSError) as error:
+            if not unavailable(error):
+                raise
+            # The job keeps its record: once the database is back this worker takes it up
+            # again, unless its lease lapsed meanwhile and another worker took it.
+            log.warning("job_database_unavailable", error=repr(error), retry_in=pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 30.0)
 
 
 async def _sender_banned(runtime: Runtime, job: Job) -> bool:
@@ -304,166 +329,6 @@ async def _sender_banned(runtime: Runtime, job: Job) -> bool:
 
 class _GaveUpError(VoicebotError):
     """The job failed (or crashed the process) too many times."""
-
-
-async def _transcribe(runtime: Runtime, job: Job) -> None:
-    settings = runtime.settings
-    if await cache.answer(runtime, job, time.monotonic()):
-        return  # a file seen before (a forwarded voice note): no download, no transcription
-    job.attempts += 1
-    started = time.monotonic()
-    async with runtime.sessions() as session:
-        began = await set_job_if(
-            session,
-            job_id=job.id,
-            statuses=RESERVING,  # not one cancelled just before it got its slot
-            holder=runtime.worker_id,  # nor one another worker took meanwhile
-            status=JobStatus.running,
-            attempts=job.attempts,
-            started_at=utcnow(),
-        )
-        if not began:
-            raise await leases.why_refused(session, job_id=job.id, holder=runtime.worker_id)
-        await session.commit()
-    if job.status_message_id is not None:
-        async with status_lock(runtime, job.id):
-            await try_edit(
-                runtime.bot,
-                chat_id=job.chat_id,
-                message_id=job.status_message_id,
-                text=texts.TRANSCRIBING,
-                reply_markup=cancel_keyboard(job.id),
-            )
-    fetching = time.monotonic()
-    data = await _download(runtime, job)
-    runtime.metrics.download.observe(time.monotonic() - fetching)
-    sha256 = (await asyncio.to_thread(hashlib.sha256, data)).hexdigest()
-    if await cache.answer(runtime, job, started, sha256=sha256):
-        return  # the same bytes sent again as a new file: no transcription
-    audio = await asyncio.to_thread(decode, data, max_seconds=settings.max_audio_seconds)
-    del data  # the audio is not kept after its job
-    await _check_quota(runtime, job, len(audio) / SAMPLE_RATE)
-    progress = Progress(runtime, job, seconds=len(audio) / SAMPLE_RATE)
-    transcribing = time.monotonic()
-    try:
-        language = languages.for_engine(languages.effective(job.language, settings))
-        result = await runtime.engine.transcribe_async(
-            audio,
-            language=language.language,
-            allowed_languages=language.allowed,
-            task="translate" if job.task == "translate" else "transcribe",
-            progress=progress.report,
-            on_segment=progress.segment,
-            time_limit=settings.job_timeout_seconds,
-        )
-    except TranscriptionCancelledError as error:
-        raise asyncio.CancelledError from error
-    finally:
-        await progress.stop()
-    del audio
-    runtime.metrics.transcribed(audio=result.duration, seconds=time.monotonic() - transcribing)
-    async with runtime.sessions() as session:
-        stored = _stored(result, job=job, settings=settings, sha256=sha256)
-        session.add(stored)
-        await session.flush()
-        # Only a job still queued or running, and still this worker's, gets its transcript and
-        # charge: the cancel, a worker taking the job over and this transaction each change it
-        # conditionally, so whichever commits first wins.
-        kept = await set_job_if(
-            session,
-            job_id=job.id,
-            statuses=RESERVING,
-            holder=runtime.worker_id,
-            transcript_id=stored.id,
-            status=JobStatus.transcribed,
-        )
-        if not kept:
-            await session.rollback()
-            raise await leases.why_refused(session, job_id=job.id, holder=runtime.worker_id)
-        job.transcript_id = stored.id
-        job.status = JobStatus.transcribed
-        # The one charge, in the transaction that stores the transcript (usage.job_id is
-        # unique): a crash before the commit charges nothing, a retry cannot charge twice.
-        await charge(
-            session,
-            job=job,
-            audio_seconds=result.duration,
-            processing_seconds=time.monotonic() - started,
-            language=stored.language,
-            settings=settings,
-            now=utcnow(),
-        )
-        await session.commit()
-    log.info(
-        "job_transcribed",
-        job_id=job.id,
-        seconds=round(time.monotonic() - started, 2),
-        audio=round(result.duration, 1),
-        language=result.language,
-    )
-
-
-async def _check_quota(runtime: Runtime, job: Job, seconds: float) -> None:
-    """Reserve the real duration when it is longer than declared; refuse it if it does not fit."""
-    if seconds <= job.reserved_seconds + ROUNDING_SECONDS:
-        return
-    settings = runtime.settings
-    async with runtime.sessions() as session:
-        user = await lock_user(session, user_id=job.user_id)
-        if user is None:
-            return
-        now = utcnow()
-        group = await group_of(session, chat_id=job.chat_id)
-        where = await standing(
-            session, user=user, settings=settings, now=now, excluding_job=job.id, group=group
-        )
-        left = where.left
-        if left is not None and seconds > left + ROUNDING_SECONDS:
-            raise QuotaExceededError(
-                texts.quota_after_decoding(seconds, left, where.resets_at, settings.quota_timezone)
-            )
-        await set_job(session, job_id=job.id, reserved_seconds=seconds)
-        await session.commit()
-
-
-def _stored(result: EngineTranscript, *, job: Job, settings: Settings, sha256: str) -> Transcript:
-    return Transcript(
-        file_unique_id=job.file_unique_id,
-        text=result.text,
-        language=result.language,
-        language_probability=result.language_probability,
-        duration=result.duration,
-        segments=[{"start": s.start, "end": s.end, "text": s.text} for s in result.segments],
-        model=settings.whisper_model,
-        sha256=sha256,
-        language_setting=cache.language_setting(settings, language=job.language, task=job.task),
-    )
-
-
-async def _download(runtime: Runtime, job: Job) -> bytes:
-    """The file's bytes, in memory; too large or unavailable files are named errors."""
-    settings, bot = runtime.settings, runtime.bot
-    limit = settings.file_limit_bytes
-    if job.file_size is not None and job.file_size > limit:
-        raise FileTooLargeError(texts.too_large(limit))
-    try:
-        file = await with_retries(lambda: bot.get_file(job.file_id))
-    except TelegramBadRequest as error:
-        if "too big" in error.message:
-            raise FileTooLargeError(texts.too_large(limit)) from error
-        raise FileUnavailableError(texts.UNAVAILABLE) from error
-    if file.file_path is None:
-        raise FileUnavailableError(texts.UNAVAILABLE)
-    if settings.telegram_local_mode and Path(file.file_path).is_absolute():
-        return await asyncio.to_thread(Path(file.file_path).read_bytes)
-    path = file.file_path
-
-    async def fetch() -> bytes:
-        buffer = io.BytesIO()
-        await bot.download_file(path, destination=buffer)
-        return buffer.getvalue()
-
-    return await with_retries(fetch)
 
 
 async def _fail(runtime: Runtime, job: Job, error: BaseException) -> None:

@@ -18,12 +18,14 @@ which tells no one, and the status reply, which is sent before the job is claime
 window left: a worker stalled for a whole lease between that renewal and a send (or between a
 send and its record) can send a part the new holder sends again.
 
-`sweep` (every half lease) queues again the unfinished jobs no worker holds: those whose lease
-expired (a worker killed mid-job) and those unclaimed for over a lease since they were recorded
-(a publish that was lost), leaving out the jobs this process has in hand. Queuing one twice is
-harmless: the claim decides. (With the embedded broker a process has every job it was given in
-hand while it waits for a slot; with a shared broker, jobs waiting there longer than a lease
-would look unclaimed too: that broker's sweeper needs to know which jobs were published.)
+`sweep` (every half lease) publishes again the unfinished jobs no worker holds: those whose
+lease expired (a worker killed mid-job), and those unclaimed for over a lease since they were
+recorded that no durable broker holds (a publish that was lost, a job given back at a
+shutdown), leaving out the jobs this process has in hand. With the embedded broker a process
+has every job it was given in hand while it waits for a slot; RabbitMQ's jobs are marked in
+`jobs.published_priority` (see `broker`), and free jobs it holds that have waited
+PRIORITY_MAX_WAIT_SECONDS are published again at premium priority. Publishing one twice is
+harmless: the claim decides.
 
 Ownership is `claimed_by` alone: a worker whose lease expired but that nobody took still holds
 the job (its writes and its heartbeat go through); expiry only lets another worker take it.
@@ -51,6 +53,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from voicebot import cancels, texts
+from voicebot.broker import starving
 from voicebot.config import Settings
 from voicebot.errors import JobCancelledError, LeaseLostError
 from voicebot.models import ACTIVE, Job, utcnow
@@ -149,7 +152,7 @@ async def stale_jobs(
     session: AsyncSession, *, now: datetime, unclaimed_before: datetime
 ) -> list[tuple[int, bool]]:
     """Unfinished jobs no worker holds, oldest first, with whether a lease of theirs expired:
-    expired leases, and jobs unclaimed and recorded before `unclaimed_before`."""
+    expired leases, and jobs unclaimed, in no durable broker, recorded before `unclaimed_before`."""
     # Unfinished jobs are few, and `ix_jobs_status` finds them: the rest is a filter on those.
     found = await session.execute(
         select(Job.id, Job.claimed_by.is_not(None))
@@ -157,7 +160,11 @@ async def stale_jobs(
             Job.status.in_(ACTIVE),
             or_(
                 Job.lease_until < now,
-                and_(Job.claimed_by.is_(None), Job.created_at < unclaimed_before),
+                and_(
+                    Job.claimed_by.is_(None),
+                    Job.published_priority.is_(None),
+                    Job.created_at < unclaimed_before,
+                ),
             ),
         )
         .order_by(Job.id)
@@ -249,18 +256,21 @@ async def sweep(runtime: Runtime) -> int:
     unclaimed_before = now - timedelta(seconds=runtime.settings.job_lease_seconds)
     async with runtime.sessions() as session:
         found = await stale_jobs(session, now=now, unclaimed_before=unclaimed_before)
-    found = [(job_id, expired) for job_id, expired in found if job_id not in runtime.handling]
-    for job_id, _ in found:
-        await runtime.kick(job_id)
+        promoted = await starving(session, settings=runtime.settings, limit=SWEEP_LIMIT)
+    in_hand = runtime.handling | runtime.starting
+    found = [(job_id, expired) for job_id, expired in found if job_id not in in_hand]
+    await runtime.kick(*(job_id for job_id, _ in found), *promoted)
     expired = [job_id for job_id, lapsed in found if lapsed]
     unclaimed = [job_id for job_id, lapsed in found if not lapsed]
     if expired:
         log.warning("lease_expired_requeued", count=len(expired), job_ids=expired)
     if unclaimed:
         log.warning("unclaimed_requeued", count=len(unclaimed), job_ids=unclaimed)
+    if promoted:
+        log.info("waited_long_requeued", count=len(promoted), job_ids=promoted)
     runtime.metrics.lease("expired_requeued", len(expired))
     runtime.metrics.lease("unclaimed_requeued", len(unclaimed))
-    return len(found)
+    return len(found) + len(promoted)
 
 
 async def sweep_periodically(runtime: Runtime, *, interval: float | None = None) -> None:

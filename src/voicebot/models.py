@@ -211,6 +211,9 @@ class Job(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     #: Until when `claimed_by` may keep it without a heartbeat; after that another may take it.
     lease_until: Mapped[datetime | None]
+    #: The priority a durable broker (RabbitMQ) holds it with (see `broker`); None: not held
+    #: there (never published, given back at a shutdown, or the embedded broker's).
+    published_priority: Mapped[int | None] = mapped_column(Integer)
 
 
 class Usage(Base):
@@ -471,17 +474,19 @@ async def _turn_of(session: AsyncSession, *, user_id: int, job_id: int, since: d
     return int(found or 0)
 
 
-async def untold_job_ids(session: AsyncSession) -> list[int]:
+async def untold_job_ids(session: AsyncSession, *, unpublished_only: bool = False) -> list[int]:
     """Jobs whose user has not seen their end, oldest first: the unfinished ones, and the
     cancelled ones whose "Cancelled" is still to be shown (the process that cancelled them,
-    or the one running them, was stopped before it told)."""
+    or the one running them, was stopped before it told); `unpublished_only`: of those, the
+    ones no durable broker holds."""
     found = await session.execute(
         select(Job.id)
         .where(
             or_(
                 Job.status.in_(ACTIVE),
                 and_(Job.status == JobStatus.cancelled, Job.told_at.is_(None)),
-            )
+            ),
+            *((Job.published_priority.is_(None),) if unpublished_only else ()),
         )
         .order_by(Job.id)
     )

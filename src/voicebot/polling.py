@@ -22,10 +22,12 @@ from aiogram.methods import TelegramMethod
 from aiogram.types import Chat, Update, User
 from aiogram.utils.backoff import Backoff, BackoffConfig
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError
 
+from voicebot.db import unavailable
 from voicebot.groups import ui_languages
-from voicebot.intake import TRANSIENT_DB_ERRORS, Intake, Recorded, Refusal, record
-from voicebot.jobs import Runtime
+from voicebot.intake import Intake, Recorded, Refusal, record
+from voicebot.jobs import Runtime, start
 from voicebot.models import handled_update_ids, mark_handled
 from voicebot.outputs import answer_press
 from voicebot.ratelimits import may_notify
@@ -73,7 +75,9 @@ async def poll(
                 break
             if batch:
                 offset = await handle_batch(runtime, dispatcher, batch) or offset
-        except (TelegramAPIError, ClientDecodeError, *TRANSIENT_DB_ERRORS) as error:
+        except (TelegramAPIError, ClientDecodeError, DBAPIError, OSError) as error:
+            if isinstance(error, DBAPIError | OSError) and not unavailable(error):
+                raise
             # Nothing past `offset` was confirmed: the same updates come again after the pause.
             delay = next(backoff)
             log.warning("polling_failed", error=repr(error), retry_in=round(delay, 1))
@@ -161,8 +165,7 @@ async def follow_up(runtime: Runtime, recorded: Recorded) -> None:
         *(tell_refusal(runtime, refusal) for refusal in recorded.refused),
         *(answer_press(press) for press in recorded.answers),  # button presses (Translate)
     )
-    for job_id in recorded.job_ids:
-        await runtime.kick(job_id)
+    start(runtime, recorded.job_ids)
 
 
 async def feed(dispatcher: Dispatcher, bot: Bot, update: Update, **kwargs: Any) -> Any:

@@ -1,4 +1,7 @@
-"""The service on one machine: bot, workers and database in one process.
+"""The service: the bot (the front: updates in, jobs recorded and published) and its workers
+(jobs run), in one process (`voicebot run`) or in processes of their own (`voicebot bot`,
+`voicebot worker`) sharing PostgreSQL and RabbitMQ. The same code runs either way; a role
+only leaves out the parts it does not do.
 
 Updates come by long polling (BOT_MODE=polling, the default) or to the HTTP app's webhook
 (BOT_MODE=webhook); either way each is confirmed to Telegram only after it is recorded.
@@ -22,10 +25,12 @@ from aiogram.exceptions import (
 )
 from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, User
 from aiogram.utils.i18n import I18n
+from sqlalchemy.engine import make_url
 
-from voicebot import cancels, leases, positions, privacy, texts
+from voicebot import cancels, leases, locks, positions, privacy, texts
 from voicebot.bot import build_dispatcher
 from voicebot.bot.admin import admin_menu, set_admin_menus
+from voicebot.broker import build_broker
 from voicebot.catalogs import build_i18n
 from voicebot.chatadmins import ChatAdmins
 from voicebot.config import Settings
@@ -35,15 +40,16 @@ from voicebot.engine import build_engine
 from voicebot.errors import ConfigError
 from voicebot.health import Health
 from voicebot.i18n import DEFAULT_LOCALE, SUPPORTED
-from voicebot.jobs import Runtime, build_broker, recover
+from voicebot.jobs import Runtime, recover, transcribe_job
 from voicebot.metrics import Metrics, build_metrics
 from voicebot.metrics import set_current as set_current_metrics
 from voicebot.polling import poll
-from voicebot.ratelimits import build_limiters
+from voicebot.ratelimits import build_limiters, check_storage
 from voicebot.slots import Slots
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = structlog.get_logger(__name__)
 
@@ -68,16 +74,21 @@ def build_bot(settings: Settings) -> Bot:
         ) from error
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM; then finish running jobs within the grace period."""
-    check_mode(settings)
+async def serve(settings: Settings, *, front: bool = True, work: bool = True) -> None:
+    """Run until SIGINT/SIGTERM; then finish running jobs within the grace period.
+
+    `front`: take updates and record jobs; `work`: run jobs (load the model, consume the broker).
+    """
+    check_role(settings, front=front, work=work)
+    if front:
+        check_mode(settings)
     bot = build_bot(settings)
     i18n = build_i18n()
     # Current for the whole service: the tasks created below inherit it, and each update or
     # job picks its own locale within it (English where none is chosen).
     i18n.set_current(i18n)
-    metrics, health = build_metrics(), Health()
-    if settings.bot_mode == "webhook":
+    metrics, health = build_metrics(), Health(front=front, work=work)
+    if front and settings.bot_mode == "webhook":
         health.webhook_url = settings.webhook_url
     set_current_metrics(metrics)  # for `delivery.with_retries`, as i18n above
     bot.session.middleware(metrics.count_telegram_errors)
@@ -90,8 +101,8 @@ async def serve(settings: Settings) -> None:
             database = build_db_engine(settings.sqlalchemy_url)
             health.sessions = sessions = build_sessions(database)
             try:
-                engine = await asyncio.to_thread(build_engine, settings)
-                health.model = settings.whisper_model
+                engine = await asyncio.to_thread(build_engine, settings) if work else None
+                health.model = settings.whisper_model if work else None
                 runtime = Runtime(
                     settings=settings,
                     bot=bot,
@@ -105,13 +116,32 @@ async def serve(settings: Settings) -> None:
                     sole_worker=leases.sole_worker(settings),
                 )
                 metrics.running_jobs.set_function(lambda: len(runtime.running))
-                await _run(runtime, me, i18n, app)
+                await check_storage(runtime.limiters.limiter, settings=settings)
+                await _run(runtime, database, me, i18n, app, front=front, work=work)
             finally:
                 health.sessions = None
                 await database.dispose()
     finally:
         await bot.session.close()
     log.info("stopped")
+
+
+def check_role(settings: Settings, *, front: bool, work: bool) -> None:
+    """A one-line ConfigError for what `voicebot bot` or `voicebot worker` lacks: the broker
+    and the database it shares with the other role."""
+    if front and work:
+        return  # `voicebot run`: anything goes, embedded by default
+    role = "bot" if front else "worker"
+    if settings.broker_url is None:
+        raise ConfigError(
+            f"voicebot {role} needs BROKER_URL=amqp://…: the bot and its workers share jobs "
+            "through RabbitMQ (voicebot run does both in one process without one)"
+        )
+    if make_url(settings.sqlalchemy_url).get_backend_name() == "sqlite":
+        raise ConfigError(
+            f"voicebot {role} needs DATABASE_URL=postgresql+asyncpg://…: a database the bot and "
+            "its workers share (voicebot run keeps SQLite)"
+        )
 
 
 def check_mode(settings: Settings) -> None:
@@ -157,45 +187,84 @@ def _serving(
     return serving(app, settings)
 
 
-async def _run(runtime: Runtime, me: User, i18n: I18n, app: FastAPI | None) -> None:
+async def _run(
+    runtime: Runtime,
+    database: AsyncEngine,
+    me: User,
+    i18n: I18n,
+    app: FastAPI | None,
+    *,
+    front: bool,
+    work: bool,
+) -> None:
     settings, bot = runtime.settings, runtime.bot
-    broker = build_broker(runtime)
-    dispatcher = build_dispatcher(runtime, i18n=i18n)
-    await broker.startup()
+    broker = build_broker(runtime, transcribe_job, consume=work)
+    dispatcher = build_dispatcher(runtime, i18n=i18n) if front else None
+    await broker.start()
     runtime.health.broker = True
     try:
         log.info(
             "bot_started",
             username=me.username,
             api=settings.telegram_api_url,
-            model=settings.whisper_model,
-            workers=settings.workers,
-            mode=settings.bot_mode,
+            model=settings.whisper_model if work else None,
+            workers=settings.workers if work else 0,
+            mode=settings.bot_mode if front else None,
+            broker="rabbitmq" if broker.durable else "embedded",
+            role="run" if front and work else "bot" if front else "worker",
         )
-        await set_menus(bot, settings, i18n)
-        await recover(runtime)
-        background = [
-            # Transcripts and job texts past CACHE_TTL_DAYS / RETENTION_DAYS are deleted now and
-            # every PURGE_INTERVAL_SECONDS; no job waits for it.
-            asyncio.create_task(privacy.purge_periodically(runtime.sessions, settings=settings)),
-            # Jobs cancelled by another process stop here too; queue positions stay current.
-            asyncio.create_task(cancels.watch(runtime)),
-            asyncio.create_task(positions.show_positions(runtime)),
-            # This process's running jobs keep their leases; jobs whose worker died (lease
-            # expired) or that were never started (a lost publish) are queued again.
-            asyncio.create_task(leases.heartbeat(runtime)),
-            asyncio.create_task(leases.sweep_periodically(runtime)),
-        ]
+        background: list[asyncio.Task[None]] = []
+        if front:
+            await set_menus(bot, settings, i18n)
+            await recover(runtime, durable=broker.durable)
+            background += [
+                # Transcripts and job texts past CACHE_TTL_DAYS / RETENTION_DAYS are deleted
+                # now and every PURGE_INTERVAL_SECONDS; no job waits for it.
+                asyncio.create_task(
+                    privacy.purge_periodically(runtime.sessions, settings=settings)
+                ),
+                # One process edits the places in line of all (the lock's holder).
+                asyncio.create_task(
+                    locks.run_held(
+                        database,
+                        locks.POSITIONS,
+                        lambda: positions.show_positions(runtime),
+                        holder=runtime.worker_id,
+                    )
+                ),
+                # Jobs whose worker died (lease expired) or that no broker holds (a lost
+                # publish, a job given back) are published again.
+                asyncio.create_task(leases.sweep_periodically(runtime)),
+            ]
+        if work:
+            background += [
+                # Jobs cancelled by another process stop here too.
+                asyncio.create_task(cancels.watch(runtime)),
+                # This process's running jobs keep their leases.
+                asyncio.create_task(leases.heartbeat(runtime)),
+            ]
         try:
             stop = _stop_on_signals()
-            if app is not None and settings.bot_mode == "webhook":
+            if dispatcher is None:
+                await stop.wait()
+            elif app is not None and settings.bot_mode == "webhook":
                 await _take_webhooks(runtime, dispatcher, app, stop)
             else:
                 # getUpdates is refused while a webhook is set: going back to polling needs
                 # no more than this (updates Telegram holds stay, and come by polling).
                 await bot.delete_webhook(drop_pending_updates=False)
-                await poll(runtime, dispatcher, stop)
+                # Telegram has one getUpdates consumer: one bot polls, the others stand by
+                # and take over when it stops or dies (see `locks`).
+                await locks.run_held(
+                    database,
+                    locks.POLLING,
+                    lambda: poll(runtime, dispatcher, stop),
+                    stop=stop,
+                    holder=runtime.worker_id,
+                    health=runtime.health,
+                )
             runtime.health.stopping = True
+            await broker.stop_consuming()
         finally:
             for task in background:
                 task.cancel()
@@ -211,7 +280,7 @@ async def _run(runtime: Runtime, me: User, i18n: I18n, app: FastAPI | None) -> N
         await _drain(runtime, settings.shutdown_grace_seconds)
     finally:
         runtime.health.broker = False
-        await broker.shutdown()
+        await broker.close()
 
 
 async def _take_webhooks(

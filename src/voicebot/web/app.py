@@ -34,7 +34,8 @@ SHUTDOWN_SECONDS = 2
 
 def build_app(settings: Settings, health: Health, metrics: Metrics) -> FastAPI:
     """The HTTP app: GET /health, /ready and /metrics over the service's `health` and `metrics`;
-    in webhook mode POST /telegram/webhook too, taking updates once `app.state.inbox` is set."""
+    in webhook mode POST /telegram/webhook too (not on a worker), taking updates once
+    `app.state.inbox` is set."""
     app = FastAPI(title="voicebot", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.health = health
@@ -43,7 +44,7 @@ def build_app(settings: Settings, health: Health, metrics: Metrics) -> FastAPI:
     app.add_api_route("/health", alive, methods=["GET"])
     app.add_api_route("/ready", ready, methods=["GET"])
     app.add_api_route("/metrics", scrape, methods=["GET"])
-    if settings.bot_mode == "webhook":
+    if settings.bot_mode == "webhook" and health.front:
         # A plain Starlette route: no FastAPI validation layer on the path every update takes.
         app.add_route(webhook.PATH, webhook.receive, methods=["POST"])
     mount_dashboard(app)

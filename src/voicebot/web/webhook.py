@@ -19,12 +19,13 @@ from ipaddress import IPv4Network, IPv6Network, ip_address
 import structlog
 from aiogram import Dispatcher
 from aiogram.types import Update
+from sqlalchemy.exc import DBAPIError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from voicebot.config import Settings
+from voicebot.db import unavailable
 from voicebot.errors import NotRecordedError
-from voicebot.intake import TRANSIENT_DB_ERRORS
 from voicebot.jobs import Runtime
 from voicebot.polling import follow_up, parse_update, record_updates
 
@@ -108,8 +109,11 @@ class Inbox:
                 updates,
                 update_ids=[update.update_id for update in updates],
             )
-        except TRANSIENT_DB_ERRORS as error:
-            log.warning("webhook_batch_not_recorded", updates=len(updates), error=repr(error))
+        except (DBAPIError, OSError) as error:
+            if not unavailable(error):
+                log.exception("webhook_batch_failed", updates=len(updates))
+            else:
+                log.warning("webhook_batch_not_recorded", updates=len(updates), error=repr(error))
             self._refuse(futures)
             return
         except Exception:
