@@ -128,6 +128,26 @@ async def test_a_hit_needs_the_same_file_model_and_language_setting(sessions: Se
         assert await find_by_file(session, file_unique_id="unique-1", **miss) is None
 
 
+async def test_a_long_allowed_list_is_stored_as_its_hash_and_served(sessions: Sessions) -> None:
+    """Twenty-one allowed languages make a setting wider than the column (PostgreSQL would refuse
+    it): its SHA-256 is stored instead, served to the same list and to no other."""
+    languages = "af,ar,bg,ca,cs,da,de,el,en,es,et,fi,fr,he,hi,hr,hu,id,it,ja,ko"
+    many = language_setting(Settings(whisper_allowed_languages=languages))
+    fewer = language_setting(Settings(whisper_allowed_languages=languages[:-3]))
+    assert many.startswith("sha256:")
+    assert len(many) == 64
+    assert many != fewer
+    (hit,) = await add(sessions, transcript(setting=many))
+    async with sessions() as session:
+        found = await find_by_file(
+            session, file_unique_id="unique-1", **KEY | {"language_setting": many}
+        )
+        assert found is not None
+        assert found.id == hit
+        other = KEY | {"language_setting": fewer}
+        assert await find_by_file(session, file_unique_id="unique-1", **other) is None
+
+
 async def test_a_hit_by_sha256_needs_the_same_model_and_language_setting(
     sessions: Sessions,
 ) -> None:

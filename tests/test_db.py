@@ -23,13 +23,13 @@ from voicebot.models import (
     JobStatus,
     Sender,
     User,
-    count_ahead,
     existing_jobs,
     set_job,
     untold_job_ids,
     upsert_senders,
     utcnow,
 )
+from voicebot.places import count_ahead
 
 from .conftest import sqlite_only
 
@@ -44,6 +44,7 @@ TABLES = {
     "transactions",
     "handled_updates",
     "refusals",
+    "workers",
     "alembic_version",
 }
 
@@ -175,7 +176,7 @@ async def test_0006_gives_old_usage_its_transcripts_language_and_downgrades(
     await query(url, "INSERT INTO refusals (day, reason, count) VALUES ('2024-01-01', 'quota', 2)")
     await asyncio.to_thread(downgrade, url, "0005")
     assert await version(url) == ["0005"]
-    assert await tables(url) == TABLES - {"refusals"}
+    assert await tables(url) == TABLES - {"refusals", "workers"}
     columns = await inspected(
         url, lambda c: {column["name"] for column in inspect(c).get_columns("usage")}
     )
@@ -206,6 +207,31 @@ async def test_0007_leaves_old_jobs_unclaimed_and_downgrades(database_url: str) 
     )
     assert not columns & {"claimed_by", "lease_until"}
     assert await query(url, "SELECT message_id, status FROM jobs") == [(3, "running")]
+
+
+async def test_0008_and_0009_leave_old_jobs_unpublished_and_downgrade(database_url: str) -> None:
+    """Jobs from before 0008 are in no broker (the first bot publishes them); 0009 adds the
+    workers' slots; the downgrade to 0007 drops both and keeps the jobs."""
+    url = database_url
+    await migrate(url, "0007")
+    await seed_ann(url)
+    await query(
+        url,
+        "INSERT INTO jobs (chat_id, user_id, message_id, kind, file_id, file_unique_id, status,"
+        " attempts, delivered_parts, created_at)"
+        " VALUES (7, 7, 3, 'voice', 'f', 'u', 'queued', 0, 0, '2024-01-01')",
+    )
+    await migrate(url)
+    assert await query(url, "SELECT status, published_priority FROM jobs") == [("queued", None)]
+    assert "workers" in await tables(url)
+    await asyncio.to_thread(downgrade, url, "0007")
+    assert await version(url) == ["0007"]
+    columns = await inspected(
+        url, lambda c: {column["name"] for column in inspect(c).get_columns("jobs")}
+    )
+    assert "published_priority" not in columns
+    assert "workers" not in await tables(url)
+    assert await query(url, "SELECT message_id, status FROM jobs") == [(3, "queued")]
 
 
 def differences(connection: Connection) -> list[Any]:

@@ -280,8 +280,9 @@ def runtime_for(
 async def test_the_sweeper_queues_again_what_no_worker_holds(
     api: FakeBotAPI, bot: Bot, sessions: Sessions, tiny_engine: Engine, tmp_path: Path
 ) -> None:
-    """Expired leases and lost publishes are queued again and counted, except the jobs this
-    process has in hand; a second sweep queues them again (harmless: the claim decides)."""
+    """Expired leases (freed first) and lost publishes are queued again and counted, except the
+    jobs this process has in hand; a second sweep queues the lost publish again (harmless: the
+    claim decides)."""
     runtime = runtime_for(bot, sessions, tiny_engine, tmp_path, job_lease_seconds=LEASE)
     past = utcnow() - timedelta(seconds=1)
     expired = await add_job(sessions, status=JobStatus.running, claimed_by=A, lease_until=past)
@@ -296,7 +297,11 @@ async def test_the_sweeper_queues_again_what_no_worker_holds(
             "voicebot_leases_total", {"event": event}
         )
         assert counted == 1
-    assert await leases.sweep(runtime) == 2
+    # The expired lease was freed: a later sweep publishes it again only once it is unclaimed
+    # for a whole lease since recorded (as a lost publish), which this recent one is not.
+    assert await leases.sweep(runtime) == 1
+    assert runtime.kicked == [expired, lost_publish, lost_publish]
+    assert await lease_of(sessions, expired) == (None, None)
 
 
 async def transcribed_job(sessions: Sessions, bot: Bot, **values: object) -> int:

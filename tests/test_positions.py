@@ -21,7 +21,8 @@ from voicebot.config import Settings
 from voicebot.db import Sessions, build_engine, build_sessions, upgrade_async
 from voicebot.engine import Engine
 from voicebot.jobs import Runtime
-from voicebot.models import Job, JobStatus, count_ahead, set_job, utcnow
+from voicebot.models import Job, JobStatus, set_job, utcnow
+from voicebot.places import count_ahead
 from voicebot.positions import Waiting, update_positions, waiting_jobs
 from voicebot.ratelimits import build_limiters
 from voicebot.service import build_bot

@@ -3,6 +3,7 @@ SQLite file and a real PostgreSQL database."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime
@@ -134,3 +135,22 @@ async def test_counts_are_kept_per_day(sessions: Sessions) -> None:
         (days[0], "rate_limit"): 1,
         (days[1], "quota"): 1,
     }
+
+
+async def test_the_queue_bound_holds_for_batches_recorded_at_once(sessions: Sessions) -> None:
+    """Eight batches recorded at the same moment, as eight bot processes would (concurrent
+    transactions): no more than MAX_QUEUE_SIZE jobs are admitted in all, the rest are told the
+    queue is full."""
+    settings = Settings(_env_file=None, max_queue_size=5, user_max_active_jobs=10)  # type: ignore[call-arg]
+    limiters = build_limiters(settings)
+
+    async def one(user_id: int) -> Recorded:
+        intake = Intake()
+        for k in range(2):
+            intake.accept(*voice(user_id, f"q{user_id}-{k}"))
+        return await record(sessions, intake, settings=settings, limiters=limiters)
+
+    done = await asyncio.gather(*(one(6100 + n) for n in range(8)))
+    assert sum(len(batch.job_ids) for batch in done) == 5
+    assert sum(batch.reasons.count("queue_full") for batch in done) == 11
+    assert await fetch(sessions, "SELECT count(*) FROM jobs") == [(5,)]

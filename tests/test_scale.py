@@ -4,17 +4,22 @@ answer, whichever process dies."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from voicebot.audio import decode
 
 from .botproc import BotProcess
 from .fakes import FakeBotAPI
 from .media import encode_audio, long_speech, voice_note
-from .servers import PostgresServer
+from .servers import PostgresServer, RabbitServer
 from .test_db import query
 from .test_polling import log_events
 
@@ -37,9 +42,8 @@ async def postgres_url(postgres: PostgresServer) -> AsyncIterator[str]:
     await postgres.drop_database(url)
 
 
-@pytest.fixture
-def cluster(
-    api: FakeBotAPI, tmp_path: Path, model_cache: Path, postgres_url: str, amqp_url: str
+def processes(
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, *, database_url: str, broker_url: str
 ) -> Callable[..., BotProcess]:
     """Makes `voicebot bot` and `voicebot worker` processes on one database and broker."""
     made = 0
@@ -52,8 +56,8 @@ def cluster(
             tmp_path / f"{role}{made}",
             model_cache,
             role=role,
-            DATABASE_URL=postgres_url,
-            BROKER_URL=amqp_url,
+            DATABASE_URL=database_url,
+            BROKER_URL=broker_url,
             WHISPER_MODEL="tiny.en",
             USER_MAX_ACTIVE_JOBS="20",
             JOB_LEASE_SECONDS=LEASE,
@@ -61,6 +65,36 @@ def cluster(
         )
 
     return make
+
+
+@pytest.fixture
+def cluster(
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, postgres_url: str, amqp_url: str
+) -> Callable[..., BotProcess]:
+    """Processes on the session's PostgreSQL and RabbitMQ (see `processes`)."""
+    return processes(api, tmp_path, model_cache, database_url=postgres_url, broker_url=amqp_url)
+
+
+@pytest.fixture
+def own_rabbitmq() -> Iterator[RabbitServer]:
+    """A RabbitMQ node of the test's own, to stop and start."""
+    server = RabbitServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[tuple[PostgresServer, str]]:
+    """A PostgreSQL server of the test's own, to stop and start, and a database on it."""
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server, await server.create_database()
+    finally:
+        server.close()
 
 
 def answered_once(api: FakeBotAPI, expected: dict[tuple[int, int], str]) -> bool:
@@ -72,7 +106,20 @@ def answered_once(api: FakeBotAPI, expected: dict[tuple[int, int], str]) -> bool
     return True
 
 
-def send_burst(api: FakeBotAPI, corpus: Path, *, count: int, users: int, first_user: int) -> dict:
+def answered(api: FakeBotAPI, expected: dict[tuple[int, int], str]) -> int:
+    """How many of `expected` have a reply holding their phrase."""
+    return sum(
+        any(
+            m.reply_to == message_id and phrase in (m.text or "").lower()
+            for m in api.messages(chat_id)
+        )
+        for (chat_id, message_id), phrase in expected.items()
+    )
+
+
+def send_burst(
+    api: FakeBotAPI, corpus: Path, *, count: int, users: int, first_user: int
+) -> dict[tuple[int, int], str]:
     """`count` voice notes from `users` chats; what each reply must contain, by message."""
     notes = {phrase: voice_note(corpus / "en" / name) for phrase, name in CLIPS.items()}
     phrases = list(notes)
@@ -101,18 +148,24 @@ async def test_a_burst_through_one_bot_and_two_workers(
     assert answered_once(api, expected)
     assert sum(len(api.messages(3000 + u)) for u in range(4)) == 12
     # Who ran each job (`claimed_by` stays when it ends): both workers, never the bot. Each
-    # clip is sent three times: the repeats are answered from the cache, by either worker.
+    # clip is sent three times: repeats are answered from the cache, by either worker.
     holders = await query(postgres_url, "SELECT claimed_by, count(*) FROM jobs GROUP BY 1")
     pids = {int(str(holder).split(":")[1]): count for holder, count in holders}
     assert set(pids) == {w.process.pid for w in workers if w.process is not None}, pids
     assert sum(pids.values()) == 12
-    assert len(log_events(workers[0], "job_transcribed")) + len(
-        log_events(workers[1], "job_transcribed")
-    ) == len(CLIPS)
+    # (A repeat that arrives while its clip is being transcribed elsewhere is transcribed too.)
+    transcribed = sum(len(log_events(worker, "job_transcribed")) for worker in workers)
+    assert len(CLIPS) <= transcribed < 12
     assert await query(postgres_url, "SELECT status, count(*) FROM jobs GROUP BY status") == [
         ("done", 12)
     ]
     assert await query(postgres_url, "SELECT count(DISTINCT job_id) FROM usage") == [(12,)]
+    # Each worker counted its slot in the places in line while it ran, and took it back.
+    assert await query(postgres_url, "SELECT count(*) FROM workers") == [(0,)]
+    first_texts = [c.params["text"] for c in api.calls_of("sendMessage")]
+    places = [int(t.rsplit(" ", 1)[1]) for t in first_texts if t.startswith("Queued")]
+    assert places, first_texts
+    assert max(places) <= 12 - 2  # two jobs run at once: at most ten wait ahead of the last
 
 
 async def test_a_worker_killed_mid_job_is_replaced(
@@ -174,6 +227,75 @@ async def test_a_bot_killed_after_a_burst_loses_nothing(
     ]
 
 
+async def test_rabbitmq_restarted_during_a_burst_loses_nothing(
+    api: FakeBotAPI,
+    tmp_path: Path,
+    model_cache: Path,
+    corpus: Path,
+    postgres_url: str,
+    own_rabbitmq: RabbitServer,
+) -> None:
+    """RabbitMQ stops mid-burst (jobs in its queue, some running, more recorded while it is
+    down) and starts again: every message gets exactly one answer."""
+    make = processes(
+        api, tmp_path, model_cache, database_url=postgres_url, broker_url=own_rabbitmq.url()
+    )
+    bot, workers = make("bot"), [make("worker", WORKERS="1") for _ in range(2)]
+    for process in (bot, *workers):
+        await process.start()
+    expected = send_burst(api, corpus, count=10, users=5, first_user=6000)
+    await api.wait_for(lambda: answered(api, expected) >= 2, 120, "the first answers")
+    own_rabbitmq.stop()
+    during = send_burst(api, corpus, count=4, users=2, first_user=6100)
+    await api.wait_for(lambda: not api.pending_updates, 30, "the jobs recorded while it is down")
+    own_rabbitmq.start()
+    expected |= during
+    await api.wait_for(lambda: answered_once(api, expected), 240, "14 transcripts")
+    for process in (bot, *workers):
+        assert await process.stop() == 0, process.output()
+    assert answered_once(api, expected)
+    assert await query(postgres_url, "SELECT status, count(*) FROM jobs GROUP BY status") == [
+        ("done", 14)
+    ]
+    assert await query(postgres_url, "SELECT count(DISTINCT job_id), count(*) FROM usage") == [
+        (14, 14)
+    ]
+
+
+async def test_postgresql_stopped_for_ten_seconds_during_a_burst_loses_nothing(
+    api: FakeBotAPI,
+    tmp_path: Path,
+    model_cache: Path,
+    corpus: Path,
+    amqp_url: str,
+    own_postgres: tuple[PostgresServer, str],
+) -> None:
+    """PostgreSQL stops for 10 s mid-burst: updates that came meanwhile are not confirmed to
+    Telegram until they are recorded, workers wait, and every message gets exactly one answer."""
+    server, database_url = own_postgres
+    make = processes(api, tmp_path, model_cache, database_url=database_url, broker_url=amqp_url)
+    bot, workers = make("bot"), [make("worker", WORKERS="1") for _ in range(2)]
+    for process in (bot, *workers):
+        await process.start()
+    expected = send_burst(api, corpus, count=10, users=5, first_user=7000)
+    await api.wait_for(lambda: answered(api, expected) >= 2, 120, "the first answers")
+    server.stop()
+    expected |= send_burst(api, corpus, count=4, users=2, first_user=7100)
+    await asyncio.sleep(10)
+    assert api.pending_updates, "updates confirmed while the database was down"
+    server.start()
+    await api.wait_for(lambda: answered_once(api, expected), 240, "14 transcripts")
+    for process in (bot, *workers):
+        assert await process.stop() == 0, process.output()
+    assert answered_once(api, expected)
+    assert await query(database_url, "SELECT status, count(*) FROM jobs GROUP BY status") == [
+        ("done", 14)
+    ]
+    assert await query(database_url, "SELECT count(DISTINCT job_id), count(*) FROM usage") == [
+        (14, 14)
+    ]
+
+
 @pytest.mark.parametrize("role", ["bot", "worker"])
 async def test_a_role_without_a_shared_broker_or_database_says_so(
     api: FakeBotAPI, tmp_path: Path, model_cache: Path, role: str, postgres_url: str
@@ -191,3 +313,68 @@ async def test_a_role_without_a_shared_broker_or_database_says_so(
         assert line.startswith(f"voicebot: voicebot {role} needs {named}"), line
         process.log.unlink()
     assert not api.calls_of("getUpdates")
+
+
+async def test_a_long_run_with_five_worker_kills(
+    api: FakeBotAPI, corpus: Path, postgres_url: str, cluster: Callable[..., BotProcess]
+) -> None:
+    """300 different voice notes from 60 users through one bot and two workers, a random worker
+    SIGKILLed (and replaced) five times: none lost, none answered twice, each charged once and
+    exactly its length."""
+    rng = random.Random(1027)
+    roomy = {
+        "GLOBAL_JOBS_PER_MINUTE": "1000",
+        "USER_JOBS_PER_MINUTE": "100",
+        "MAX_QUEUE_SIZE": "1000",
+        "DAILY_QUOTA_SECONDS": "36000",
+    }
+    bot = cluster("bot", **roomy)
+    workers = [cluster("worker", WORKERS="1", WHISPER_CPU_THREADS="1", **roomy) for _ in range(2)]
+    for process in (bot, *workers):
+        await process.start()
+    # Each note is a corpus clip shifted by a few samples: different bytes, so every one is
+    # transcribed and charged (a repeat would be a free cache hit), with the same words.
+    clips = {
+        phrase: decode((corpus / "en" / name).read_bytes(), max_seconds=60)
+        for phrase, name in CLIPS.items()
+    }
+    phrases = list(clips)
+    expected: dict[tuple[int, int], str] = {}
+    lengths: dict[tuple[int, int], float] = {}
+    kills = 0
+    for wave in range(10):
+        for index in range(30):
+            number = wave * 30 + index
+            user, phrase = 8000 + number % 60, phrases[number % len(phrases)]
+            samples = np.roll(clips[phrase], 7 * (number + 1))
+            message = api.send_voice(user, encode_audio(samples), duration=4)
+            expected[(user, message)] = phrase
+            lengths[(user, message)] = len(samples) / 16000
+        await api.wait_for(lambda: answered(api, expected) >= len(expected) - 40, 300, "a wave")
+        if wave % 2 == 1 and kills < 5:
+            await asyncio.sleep(rng.uniform(0, 1.5))
+            victim = workers.pop(rng.randrange(len(workers)))
+            assert await victim.stop(signal.SIGKILL) == -signal.SIGKILL
+            kills += 1
+            replacement = cluster("worker", WORKERS="1", WHISPER_CPU_THREADS="1", **roomy)
+            await replacement.start()
+            workers.append(replacement)
+    await api.wait_for(lambda: answered_once(api, expected), 600, "300 transcripts")
+    for process in (bot, *workers):
+        assert await process.stop() == 0, process.output()
+    assert kills == 5
+    assert answered_once(api, expected)
+    assert sum(len(api.messages(8000 + user)) for user in range(60)) == 300
+    assert await query(postgres_url, "SELECT status, count(*) FROM jobs GROUP BY status") == [
+        ("done", 300)
+    ]
+    charges = await query(
+        postgres_url,
+        "SELECT j.chat_id, j.message_id, u.audio_seconds, u.charged_seconds, u.cached "
+        "FROM usage u JOIN jobs j ON j.id = u.job_id",
+    )
+    assert len(charges) == 300
+    for chat_id, message_id, audio, charged, cached in charges:
+        assert not cached
+        assert charged == audio
+        assert abs(float(audio) - lengths[(int(chat_id), int(message_id))]) < 0.1

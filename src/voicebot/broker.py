@@ -29,7 +29,7 @@ free, and one person's flood takes turns with everyone else. A free job is publi
 class-1 priority; once it has waited PRIORITY_MAX_WAIT_SECONDS the sweeper publishes it again
 at class 0 (no starvation), and the first copy, when it comes, finds the job taken or done.
 Within a priority RabbitMQ keeps publish order, which is nearly the order of ids that queue
-positions (`models.count_ahead`) count; positions shown stay from the database.
+positions (`places.count_ahead`) count; positions shown stay from the database.
 
 Long recordings: with LONG_QUEUE, a job whose declared duration is over LONG_AUDIO_SECONDS goes
 to the `long` queue, the rest to `default`; a worker consumes the queues in WORKER_QUEUES.

@@ -10,6 +10,7 @@ RETENTION_DAYS (`serving_days`); older ones are never served, and `purge_expired
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -61,13 +62,21 @@ def kept_days(settings: Settings) -> float:
     return min((d for d in (settings.cache_ttl_days, settings.retention_days) if d > 0), default=0)
 
 
+#: The width of `transcripts.language_setting` (PostgreSQL enforces it; SQLite does not).
+LANGUAGE_SETTING_CHARS = 64
+
+
 def language_setting(
     settings: Settings, *, language: str | None = None, task: str = "transcribe"
 ) -> str:
     """The cache key's language part: the job's setting ("en", "auto", "auto:en,ru"; None: the
-    settings' defaults), with "+translate" for a translation, so neither reuses the other."""
+    settings' defaults), with "+translate" for a translation, so neither reuses the other; one
+    past LANGUAGE_SETTING_CHARS (a long allowed list) is its SHA-256 instead."""
     setting = effective(language, settings)
-    return setting if task == "transcribe" else f"{setting}+{task}"
+    key = setting if task == "transcribe" else f"{setting}+{task}"
+    if len(key) <= LANGUAGE_SETTING_CHARS:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[: LANGUAGE_SETTING_CHARS - 7]
 
 
 def _cutoff(now: datetime, ttl_days: float) -> datetime:

@@ -154,8 +154,9 @@ async def watch(runtime: Runtime, *, interval: float = CANCEL_POLL_SECONDS) -> N
         try:
             async with runtime.sessions() as session:
                 found = await cancelled_among(session, job_ids=mine)
-        except SQLAlchemyError as error:
-            # A busy database: the next round looks again; the jobs' own updates still refuse.
+        except (SQLAlchemyError, OSError) as error:
+            # A busy or unreachable database: the next round looks again (the jobs' own
+            # conditional updates still refuse).
             log.warning("cancel_watch_failed", error=repr(error))
             continue
         except Exception:  # the loop must outlive any one round: log it, go on

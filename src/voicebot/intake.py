@@ -17,7 +17,7 @@ from aiogram.types import CallbackQuery, Message
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from voicebot import texts
+from voicebot import locks, texts
 from voicebot.admission import Admission, admit, count_active
 from voicebot.config import Settings
 from voicebot.db import Sessions, unavailable
@@ -239,8 +239,11 @@ async def _store(
     reasons: list[str] = []
     now = utcnow()
     async with sessions() as session:
-        # The upserts come first: on SQLite they take the write lock, so what the decisions
-        # below read cannot change under them; on PostgreSQL lock_users locks the rows.
+        # One batch at a time decides, in all the processes that share the database, so what
+        # the decisions below read (the queue's length, each sender's jobs) cannot change
+        # under them: on PostgreSQL a lock for the transaction, on SQLite the write lock the
+        # upserts take (lock_users also locks the senders' rows on PostgreSQL).
+        await locks.hold_for_transaction(session, locks.DOOR)
         senders = await _upsert_senders(session, items)
         # Groups' own rows (a plan granted to the group) come along: see quotas.effective_plan.
         groups = {chat_id for chat_id, _ in senders if chat_id < 0}

@@ -52,7 +52,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from voicebot import cancels, texts
+from voicebot import cancels, places, texts
 from voicebot.broker import starving
 from voicebot.config import Settings
 from voicebot.errors import JobCancelledError, LeaseLostError
@@ -138,6 +138,23 @@ async def release_all(session: AsyncSession) -> int:
     return int(getattr(done, "rowcount", 0))
 
 
+async def release_expired(session: AsyncSession, *, job_ids: list[int], now: datetime) -> list[int]:
+    """Free the leases among `job_ids` that expired by `now` (their worker died or stalled:
+    its later writes are refused); the ids freed."""
+    if not job_ids:
+        return []
+    freed = await session.execute(
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.status.in_(ACTIVE), Job.lease_until < now)
+        # Not in any broker until the publish that follows says so: if that publish fails,
+        # the next sweep finds the job unclaimed and unpublished.
+        .values(claimed_by=None, lease_until=None, published_priority=None)
+        .returning(Job.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(freed.scalars())
+
+
 async def why_refused(
     session: AsyncSession, *, job_id: int, holder: str
 ) -> JobCancelledError | LeaseLostError:
@@ -219,25 +236,28 @@ def drop(runtime: Runtime, job_id: int) -> bool:
 
 
 async def heartbeat(runtime: Runtime, *, interval: float | None = None) -> None:
-    """Renew this process's leases every `interval` s (a third of the lease); stop the jobs
-    whose lease another worker took."""
+    """Renew this process's leases (and its row in `workers`) every `interval` s (a third of
+    the lease); stop the jobs whose lease another worker took."""
     seconds = runtime.settings.job_lease_seconds
     while True:
         await asyncio.sleep(interval or seconds / 3)
         mine = set(runtime.leased)
-        if not mine:
-            continue
         try:
             async with runtime.sessions() as session:
+                now = utcnow()
+                # This process's slots count in everyone's places in line while it beats.
+                await places.register(
+                    session, worker_id=runtime.worker_id, slots=runtime.settings.workers, now=now
+                )
                 kept = await renew(
                     session,
                     job_ids=sorted(mine),
                     holder=runtime.worker_id,
-                    now=utcnow(),
+                    now=now,
                     seconds=seconds,
                 )
                 await session.commit()
-        except SQLAlchemyError as error:
+        except (SQLAlchemyError, OSError) as error:
             # The leases run on: the next beat (two more before they expire) tries again.
             log.warning("lease_heartbeat_failed", error=repr(error))
             continue
@@ -257,11 +277,17 @@ async def sweep(runtime: Runtime) -> int:
     async with runtime.sessions() as session:
         found = await stale_jobs(session, now=now, unclaimed_before=unclaimed_before)
         promoted = await starving(session, settings=runtime.settings, limit=SWEEP_LIMIT)
-    in_hand = runtime.handling | runtime.starting
-    found = [(job_id, expired) for job_id, expired in found if job_id not in in_hand]
-    await runtime.kick(*(job_id for job_id, _ in found), *promoted)
-    expired = [job_id for job_id, lapsed in found if lapsed]
+        in_hand = runtime.handling | runtime.starting
+        found = [(job_id, expired) for job_id, expired in found if job_id not in in_hand]
+        # An expired lease is freed before its job is published again: of several sweepers
+        # (bots) one frees it and publishes it, once; the next sweeps find it held by the
+        # broker, or claimed again.
+        expired = await release_expired(
+            session, job_ids=[job_id for job_id, lapsed in found if lapsed], now=now
+        )
+        await session.commit()
     unclaimed = [job_id for job_id, lapsed in found if not lapsed]
+    await runtime.kick(*sorted(expired + unclaimed), *promoted)
     if expired:
         log.warning("lease_expired_requeued", count=len(expired), job_ids=expired)
     if unclaimed:
@@ -270,7 +296,7 @@ async def sweep(runtime: Runtime) -> int:
         log.info("waited_long_requeued", count=len(promoted), job_ids=promoted)
     runtime.metrics.lease("expired_requeued", len(expired))
     runtime.metrics.lease("unclaimed_requeued", len(unclaimed))
-    return len(found) + len(promoted)
+    return len(expired) + len(unclaimed) + len(promoted)
 
 
 async def sweep_periodically(runtime: Runtime, *, interval: float | None = None) -> None:
@@ -279,7 +305,7 @@ async def sweep_periodically(runtime: Runtime, *, interval: float | None = None)
         await asyncio.sleep(interval or runtime.settings.job_lease_seconds / 2)
         try:
             await sweep(runtime)
-        except SQLAlchemyError as error:  # a busy database: the next round looks again
+        except (SQLAlchemyError, OSError) as error:  # busy or out of reach: look next round
             log.warning("lease_sweep_failed", error=repr(error))
         except Exception:  # the loop must outlive any one round: log it, go on
             log.exception("lease_sweep_crashed")

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING
 import structlog
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.pool import NullPool
 
 if TYPE_CHECKING:
@@ -68,6 +68,9 @@ log = structlog.get_logger(__name__)
 POLLING = "polling"
 #: The lock of the live queue positions loop (`positions.show_positions`).
 POSITIONS = "positions"
+#: The lock of the door's decisions, held by one batch's transaction at a time
+#: (`hold_for_transaction`, from `intake`): the queue's bound holds across bot processes.
+DOOR = "door"
 #: How often a standby tries to take the lock, and a holder checks that it still has it.
 INTERVAL_SECONDS = 5.0
 #: How long one lock query may take before the database counts as not answering.
@@ -96,6 +99,14 @@ class Lock:
     def is_held(self) -> bool:
         """Whether this process still holds the lock, as of the last check."""
         return not self.lost.is_set()
+
+
+async def hold_for_transaction(session: AsyncSession, name: str) -> None:
+    """Hold the lock `name` until `session`'s transaction ends, waiting for it if another
+    transaction holds it (PostgreSQL's transaction-level advisory lock; on SQLite, whose write
+    lock already lets one writer at a time, nothing)."""
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})
 
 
 def lock_key(name: str) -> int:

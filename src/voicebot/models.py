@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -22,9 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
-    case,
     false,
-    func,
     or_,
     select,
     true,
@@ -34,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import DeclarativeBase, Mapped, aliased, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
@@ -272,6 +270,16 @@ class RefusalCount(Base):
     count: Mapped[int] = mapped_column(Integer)
 
 
+class WorkerSlots(Base):
+    """A process that runs jobs and how many at once (see `places`), kept fresh by its heartbeat."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    slots: Mapped[int] = mapped_column(Integer)
+    seen_at: Mapped[datetime] = mapped_column(index=True)
+
+
 @dataclass(frozen=True, slots=True)
 class Sender:
     """Who sent a message, and in which chat: what the door records about them."""
@@ -421,57 +429,6 @@ async def existing_jobs(
         select(Job.chat_id, Job.message_id).where(tuple_(Job.chat_id, Job.message_id).in_(keys))
     )
     return {(chat_id, message_id) for chat_id, message_id in found}
-
-
-async def count_ahead(session: AsyncSession, *, job_id: int, max_wait: float, now: datetime) -> int:
-    """Unfinished jobs that hold a slot or will get one before `job_id` (the key of `slots`)."""
-    job = await session.get(Job, job_id)
-    if job is None:
-        return 0
-    promoted_since = now - timedelta(seconds=max_wait)
-    mine = (
-        0 if job.priority > 0 or as_utc(job.created_at) <= promoted_since else 1,
-        await _turn_of(session, user_id=job.user_id, job_id=job_id, since=promoted_since),
-    )
-    earlier = aliased(Job)
-    turn = (
-        select(func.count())
-        .select_from(earlier)
-        .where(
-            earlier.user_id == Job.user_id,
-            earlier.id <= Job.id,
-            earlier.created_at >= promoted_since,
-        )
-        .correlate(Job)
-        .scalar_subquery()
-    )
-    klass = case((or_(Job.priority > 0, Job.created_at <= promoted_since), 0), else_=1)
-    before = or_(
-        klass < mine[0],
-        and_(klass == mine[0], or_(turn < mine[1], and_(turn == mine[1], Job.id < job_id))),
-    )
-    found = await session.execute(
-        select(func.count())
-        .select_from(Job)
-        .where(
-            Job.id != job_id,
-            or_(
-                Job.status.in_((JobStatus.running, JobStatus.transcribed)),
-                and_(Job.status == JobStatus.queued, before),
-            ),
-        )
-    )
-    return int(found.scalar_one())
-
-
-async def _turn_of(session: AsyncSession, *, user_id: int, job_id: int, since: datetime) -> int:
-    """How many jobs (this one included) its sender has sent since `since`."""
-    found = await session.scalar(
-        select(func.count())
-        .select_from(Job)
-        .where(Job.user_id == user_id, Job.id <= job_id, Job.created_at >= since)
-    )
-    return int(found or 0)
 
 
 async def untold_job_ids(session: AsyncSession, *, unpublished_only: bool = False) -> list[int]:

@@ -1,7 +1,7 @@
 """Live queue positions: a waiting job's status message follows its place in line.
 
 One loop per process (`show_positions`) reads every waiting job's place each TICK_SECONDS, in
-one pass with the key `slots` and `models.count_ahead` use (class, turn, id), and edits the
+one pass with the key `slots` and `places.count_ahead` use (class, turn, id), and edits the
 status messages whose place changed:
 - each message at most once per PROGRESS_INTERVAL_SECONDS (its first reply counts), in groups
   once per GROUP_EDIT_INTERVAL_SECONDS (Telegram allows a group about 20 messages a minute);
@@ -43,7 +43,7 @@ from voicebot import texts
 from voicebot.delivery import edit_text
 from voicebot.i18n import use_locale
 from voicebot.models import ACTIVE, Job, JobStatus, as_utc, utcnow
-from voicebot.status import cancel_keyboard, place_in_line, status_lock
+from voicebot.status import cancel_keyboard, place_in_line, slots_now, status_lock
 
 if TYPE_CHECKING:
     from voicebot.jobs import Runtime
@@ -67,7 +67,7 @@ class Waiting:
 
 
 async def waiting_jobs(session: AsyncSession, *, max_wait: float, now: datetime) -> list[Waiting]:
-    """Every queued job, front first, with what `models.count_ahead` would count ahead of it."""
+    """Every queued job, front first, with what `places.count_ahead` would count ahead of it."""
     since = now - timedelta(seconds=max_wait)
     rows = (
         await session.execute(
@@ -123,8 +123,8 @@ async def show_positions(runtime: Runtime, *, tick: float = TICK_SECONDS) -> Non
         await asyncio.sleep(tick)
         try:
             await update_positions(runtime, per_second)
-        except SQLAlchemyError as error:
-            # A busy database: the next round reads the places again.
+        except (SQLAlchemyError, OSError) as error:
+            # A busy or unreachable database: the next round reads the places again.
             log.warning("positions_failed", error=repr(error))
         except Exception:  # a display loop: log it, and keep the places moving
             log.exception("positions_crashed")
@@ -134,9 +134,11 @@ async def update_positions(runtime: Runtime, per_second: RateLimitItem) -> int:
     """One round: edit the changed places, front first, within both limits; how many it edited."""
     settings = runtime.settings
     async with runtime.sessions() as session:
+        moment = utcnow()
         waiting = await waiting_jobs(
-            session, max_wait=settings.priority_max_wait_seconds, now=utcnow()
+            session, max_wait=settings.priority_max_wait_seconds, now=moment
         )
+        at_once = await slots_now(runtime, session, now=moment)
     shown = runtime.positions
     for gone in shown.keys() - {job.job_id for job in waiting}:
         del shown[gone]  # started, finished or cancelled
@@ -145,7 +147,7 @@ async def update_positions(runtime: Runtime, per_second: RateLimitItem) -> int:
     group_interval = max(settings.progress_interval_seconds, settings.group_edit_interval_seconds)
     due: list[tuple[int, Waiting]] = []
     for job in waiting:
-        place = place_in_line(job.ahead, settings.workers)
+        place = place_in_line(job.ahead, at_once)
         last, at = shown.get(job.job_id, (None, -math.inf))
         interval = group_interval if job.chat_id < 0 else settings.progress_interval_seconds
         if (
@@ -163,18 +165,19 @@ async def update_positions(runtime: Runtime, per_second: RateLimitItem) -> int:
         if not await runtime.limiters.limiter.hit(per_second, "status_edits"):
             break  # the rest wait for a later round, and skip the places they missed
         chosen.append((place, job))
-    await asyncio.gather(*(_show(runtime, job, place) for place, job in chosen))
+    await asyncio.gather(*(_show(runtime, job, place, at_once) for place, job in chosen))
     return len(chosen)
 
 
-async def _show(runtime: Runtime, waiting: Waiting, place: int) -> None:
+async def _show(runtime: Runtime, waiting: Waiting, place: int, at_once: int) -> None:
     """`_edit`, every line it logs carrying the job's ids (in its own task: nothing leaks)."""
     with structlog.contextvars.bound_contextvars(job_id=waiting.job_id, chat_id=waiting.chat_id):
-        await _edit(runtime, waiting, place)
+        await _edit(runtime, waiting, place, at_once)
 
 
-async def _edit(runtime: Runtime, waiting: Waiting, place: int) -> None:
-    """Edit one status message to `place`, unless the job left the queue meanwhile."""
+async def _edit(runtime: Runtime, waiting: Waiting, place: int, at_once: int) -> None:
+    """Edit one status message to `place` (with `at_once` jobs running at once), unless the job
+    left the queue meanwhile."""
     assert waiting.status_message_id is not None
     async with status_lock(runtime, waiting.job_id):
         async with runtime.sessions() as session:
@@ -192,7 +195,7 @@ async def _edit(runtime: Runtime, waiting: Waiting, place: int) -> None:
                     runtime.bot,
                     chat_id=waiting.chat_id,
                     message_id=waiting.status_message_id,
-                    text=texts.queued(waiting.ahead, runtime.settings.workers),
+                    text=texts.queued(waiting.ahead, at_once),
                     reply_markup=cancel_keyboard(waiting.job_id),
                 )
         except TelegramAPIError as error:

@@ -181,7 +181,7 @@ async def purge_periodically(sessions: Sessions, *, settings: Settings) -> None:
                     jobs=purged.jobs,
                     updates=purged.updates,
                 )
-        except SQLAlchemyError as error:
+        except (SQLAlchemyError, OSError) as error:
             # A busy or unreachable database: the next round tries again; serving goes on.
             log.warning("cache_purge_failed", error=repr(error))
         await asyncio.sleep(settings.purge_interval_seconds)

@@ -26,8 +26,9 @@ from aiogram.exceptions import (
 from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, User
 from aiogram.utils.i18n import I18n
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
-from voicebot import cancels, leases, locks, positions, privacy, texts
+from voicebot import cancels, leases, locks, places, positions, privacy, texts
 from voicebot.bot import build_dispatcher
 from voicebot.bot.admin import admin_menu, set_admin_menus
 from voicebot.broker import build_broker
@@ -43,6 +44,7 @@ from voicebot.i18n import DEFAULT_LOCALE, SUPPORTED
 from voicebot.jobs import Runtime, recover, transcribe_job
 from voicebot.metrics import Metrics, build_metrics
 from voicebot.metrics import set_current as set_current_metrics
+from voicebot.models import utcnow
 from voicebot.polling import poll
 from voicebot.ratelimits import build_limiters, check_storage
 from voicebot.slots import Slots
@@ -237,6 +239,15 @@ async def _run(
                 asyncio.create_task(leases.sweep_periodically(runtime)),
             ]
         if work:
+            async with runtime.sessions() as session:
+                await places.register(
+                    session,
+                    worker_id=runtime.worker_id,
+                    slots=settings.workers,
+                    now=utcnow(),
+                    sole=runtime.sole_worker,
+                )
+                await session.commit()
             background += [
                 # Jobs cancelled by another process stop here too.
                 asyncio.create_task(cancels.watch(runtime)),
@@ -278,9 +289,22 @@ async def _run(
             grace=settings.shutdown_grace_seconds,
         )
         await _drain(runtime, settings.shutdown_grace_seconds)
+        if work:
+            await _unregister(runtime)
     finally:
         runtime.health.broker = False
         await broker.close()
+
+
+async def _unregister(runtime: Runtime) -> None:
+    """Take this process's slots out of the places in line (a database out of reach: they
+    drop out a lease after its last heartbeat anyway)."""
+    try:
+        async with runtime.sessions() as session:
+            await places.unregister(session, worker_id=runtime.worker_id)
+            await session.commit()
+    except (SQLAlchemyError, OSError) as error:
+        log.warning("worker_not_unregistered", error=repr(error))
 
 
 async def _take_webhooks(

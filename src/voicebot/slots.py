@@ -6,7 +6,7 @@ A waiting job's key is (class, turn, id):
   person's flood takes turns with everyone else instead of going first;
 - then order of arrival.
 One rule against starvation: a free job that has waited PRIORITY_MAX_WAIT_SECONDS is class 0, so
-it runs before any premium job that arrived after it (with the same turn). `models.count_ahead`
+it runs before any premium job that arrived after it (with the same turn). `places.count_ahead`
 counts positions with the same key, so what users are told matches what happens.
 
 With a shared broker (RabbitMQ) the classes map onto a priority queue (`x-max-priority`): a job

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -30,9 +31,12 @@ from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, ReplyParam
 
 from voicebot import texts
 from voicebot.delivery import TRANSIENT, edit_text, with_retries
-from voicebot.models import ACTIVE, RESERVING, Job, count_ahead, set_job, utcnow
+from voicebot.models import ACTIVE, RESERVING, Job, set_job, utcnow
+from voicebot.places import count_ahead, running_at_once
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from voicebot.engine import Segment
     from voicebot.jobs import Runtime
 
@@ -54,6 +58,13 @@ def cancel_keyboard(job_id: int) -> InlineKeyboardMarkup:
 def place_in_line(ahead: int, workers: int) -> int:
     """1 for the job that gets the next free slot; 0 when a slot is free for it now."""
     return max(0, ahead - workers + 1)
+
+
+async def slots_now(runtime: Runtime, session: AsyncSession, *, now: datetime) -> int:
+    """Jobs that run at once now: the slots of the workers seen within a lease (see `places`),
+    or this process's WORKERS while none is (a bot started before its workers)."""
+    seen_since = now - timedelta(seconds=runtime.settings.job_lease_seconds)
+    return await running_at_once(session, seen_since=seen_since) or runtime.settings.workers
 
 
 def status_lock(runtime: Runtime, job_id: int) -> asyncio.Lock:
@@ -90,14 +101,16 @@ async def ensure_status(runtime: Runtime, job_id: int, *, queued: bool = False) 
             log.warning("status_reply_in_doubt", job_id=job_id, chat_id=job.chat_id)
         text, place = texts.TRANSCRIBING, None
         if queued:
+            now = utcnow()
             ahead = await count_ahead(
                 session,
                 job_id=job_id,
                 max_wait=runtime.settings.priority_max_wait_seconds,
-                now=utcnow(),
+                now=now,
             )
-            text = texts.queued(ahead, runtime.settings.workers)
-            place = place_in_line(ahead, runtime.settings.workers)
+            at_once = await slots_now(runtime, session, now=now)
+            text = texts.queued(ahead, at_once)
+            place = place_in_line(ahead, at_once)
         await set_job(session, job_id=job_id, status_requested_at=utcnow())
         await session.commit()
     reply = ReplyParameters(message_id=job.message_id, allow_sending_without_reply=True)
