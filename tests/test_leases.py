@@ -220,8 +220,9 @@ async def test_release_all_frees_unfinished_jobs_only(sessions: Sessions) -> Non
 
 
 async def test_stale_jobs_are_expired_leases_and_old_unclaimed_jobs(sessions: Sessions) -> None:
-    """The sweeper's query: unfinished jobs whose lease expired, and those recorded over a
-    lease ago that no worker claimed; not live leases, new jobs or finished ones."""
+    """The sweeper's query: unfinished jobs whose lease expired, those recorded over a lease ago
+    that no worker claimed and no broker holds, and those a broker has held unclaimed for ten
+    leases; not live leases, new jobs, jobs waiting in a broker, or finished ones."""
     now = utcnow()
     past, future = now - timedelta(seconds=1), now + timedelta(seconds=30)
     expired = await add_job(sessions, status=JobStatus.running, claimed_by=A, lease_until=past)
@@ -233,11 +234,25 @@ async def test_stale_jobs_are_expired_leases_and_old_unclaimed_jobs(sessions: Se
     await add_job(sessions, age=LEASE + 5, claimed_by=A, lease_until=future)  # live
     await add_job(sessions, status=JobStatus.done, claimed_by=A, lease_until=past)
     await add_job(sessions, status=JobStatus.cancelled, age=LEASE + 5)
+    # In RabbitMQ: waiting its turn there, however old; or held unclaimed for too long.
+    long_ago = now - timedelta(seconds=LEASE * 11)
+    await add_job(sessions, age=LEASE * 20, published_priority=5, published_at=now)
+    lost_message = await add_job(
+        sessions, age=LEASE * 20, published_priority=5, published_at=long_ago
+    )
     async with sessions() as session:
         found = await leases.stale_jobs(
-            session, now=now, unclaimed_before=now - timedelta(seconds=LEASE)
+            session,
+            now=now,
+            unclaimed_before=now - timedelta(seconds=LEASE),
+            published_before=now - timedelta(seconds=LEASE * 10),
         )
-    assert found == [(expired, True), (expired_transcribed, True), (lost_publish, False)]
+    assert found == [
+        (expired, True),
+        (expired_transcribed, True),
+        (lost_publish, False),
+        (lost_message, False),
+    ]
 
 
 class KickRecorder(Runtime):

@@ -202,6 +202,40 @@ async def test_a_worker_killed_mid_job_is_replaced(
     assert await query(postgres_url, "SELECT count(*) FROM usage") == [(1,)]
 
 
+async def test_a_worker_stopped_gracefully_gives_its_jobs_back(
+    api: FakeBotAPI, corpus: Path, postgres_url: str, cluster: Callable[..., BotProcess]
+) -> None:
+    """A worker on both queues holds one job of each (one running, one waiting for its slot);
+    SIGTERM with no grace: both are given back (no broker holds them, no lease), and the next
+    worker answers each once."""
+    queues = {"LONG_QUEUE": "true", "LONG_AUDIO_SECONDS": "20"}
+    bot = cluster("bot", **queues)
+    worker = cluster("worker", WORKERS="1", SHUTDOWN_GRACE_SECONDS="0", **queues)
+    for process in (bot, worker):
+        await process.start()
+    speech = long_speech(corpus)
+    expected = {
+        (4100, api.send_voice(4100, encode_audio(speech), duration=int(len(speech) / 16000))): (
+            "painful to myself"
+        )
+    }
+    expected |= send_burst(api, corpus, count=1, users=1, first_user=4101)
+    await api.wait_for(lambda: len(api.calls_of("downloadFile")) == 1, 60, "one job running")
+    assert await worker.stop() == 0, worker.output()
+    assert await query(
+        postgres_url, "SELECT status, claimed_by, published_priority FROM jobs ORDER BY id"
+    ) == [("queued", None, None), ("queued", None, None)]
+    again = cluster("worker", WORKERS="1", **queues)
+    await again.start()
+    await api.wait_for(lambda: answered_once(api, expected), 180, "both answers")
+    for process in (bot, again):
+        assert await process.stop() == 0, process.output()
+    assert answered_once(api, expected)
+    assert await query(postgres_url, "SELECT status, count(*) FROM jobs GROUP BY status") == [
+        ("done", 2)
+    ]
+
+
 async def test_a_bot_killed_after_a_burst_loses_nothing(
     api: FakeBotAPI, corpus: Path, postgres_url: str, cluster: Callable[..., BotProcess]
 ) -> None:

@@ -17,9 +17,12 @@ confirmed, and cleared when a worker gives a job back at shutdown. The sweeper p
 unfinished jobs that are in no broker (a bot killed between its commit and its publish, a
 publish that failed, a job given back) and those whose worker's lease expired; a job
 published twice is run once, because its lease decides (`leases.claim`).
-Window left open: a publish confirmed just as a worker gives the same job back (a shutdown
-within milliseconds of its start) can leave it marked as held while no message is left; it
-runs again after the next restart of a bot (`jobs.recover` with `missing_only=False`).
+Safety net: a job marked as held but unclaimed REPUBLISH_AFTER_LEASES leases after its publish
+is published again (`jobs.published_at`). That covers a message lost in a way the marks do not
+see: a publish confirmed just as a worker gave the same job back (a shutdown within
+milliseconds of its start: the mark lands after the give-back), a give-back the database
+refused, a queue purged by hand. A job that merely waits that long in a busy queue gets a
+second message, which is harmless.
 
 Priorities: the queues have `x-max-priority` 10. A job's message priority encodes the order
 `slots` keeps in one process, (class, turn): class 0 (premium, or free that waited
@@ -217,12 +220,13 @@ async def publish(runtime: Runtime, broker: Broker, job_ids: Sequence[int]) -> N
         published[level].append(job_id)
     if not broker.durable:
         return
+    now = utcnow()
     async with runtime.sessions() as session:
         for level, ids in published.items():
             await session.execute(
                 update(Job)
                 .where(Job.id.in_(ids))
-                .values(published_priority=level)
+                .values(published_priority=level, published_at=now)
                 .execution_options(synchronize_session=False)
             )
         await session.commit()

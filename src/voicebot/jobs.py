@@ -16,7 +16,7 @@ from aiogram.exceptions import (
     TelegramForbiddenError,
     TelegramMigrateToChat,
 )
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from taskiq import TaskiqDepends
 
@@ -230,7 +230,11 @@ async def _job(runtime: Runtime, job_id: int) -> None:
             leases.note_lost(runtime, job_id, noticed="heartbeat")
             return
         if job_id not in runtime.cancelling:
-            raise  # shutdown: the job stays recorded for the next start
+            # Shutdown: the job stays recorded. Its broker message is acknowledged as this
+            # task ends, so a job not started yet is marked as in no broker: the sweeper
+            # publishes it again (a running one `_run` postponed so already).
+            await _give_back(runtime, job_id)
+            raise
         # `cancels.stop` cancelled this task: the job was cancelled, and ends here.
         current.uncancel()
         runtime.tasks.pop(job_id, None)
@@ -242,6 +246,25 @@ async def _job(runtime: Runtime, job_id: int) -> None:
         runtime.cancelling.discard(job_id)
         runtime.leased.discard(job_id)
         runtime.lost.discard(job_id)
+
+
+async def _give_back(runtime: Runtime, job_id: int) -> None:
+    """Mark job `job_id`, given to this process and not started, as in no broker."""
+    try:
+        async with runtime.sessions() as session:
+            await session.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id,
+                    Job.status == JobStatus.queued,
+                    Job.claimed_by.is_(None),
+                    Job.published_priority.is_not(None),
+                )
+                .values(published_priority=None)
+            )
+            await session.commit()
+    except (SQLAlchemyError, OSError) as error:  # then it runs after the next bot's start
+        log.warning("job_not_given_back", job_id=job_id, error=repr(error))
 
 
 async def _run(runtime: Runtime, job_id: int) -> None:

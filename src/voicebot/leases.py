@@ -65,6 +65,8 @@ log = structlog.get_logger(__name__)
 
 #: Most jobs one sweep queues again (the rest are found by the next one).
 SWEEP_LIMIT = 1000
+#: A job a durable broker has held unclaimed this many leases is published again (see `broker`).
+REPUBLISH_AFTER_LEASES = 10
 
 
 def new_worker_id() -> str:
@@ -166,10 +168,11 @@ async def why_refused(
 
 
 async def stale_jobs(
-    session: AsyncSession, *, now: datetime, unclaimed_before: datetime
+    session: AsyncSession, *, now: datetime, unclaimed_before: datetime, published_before: datetime
 ) -> list[tuple[int, bool]]:
     """Unfinished jobs no worker holds, oldest first, with whether a lease of theirs expired:
-    expired leases, and jobs unclaimed, in no durable broker, recorded before `unclaimed_before`."""
+    expired leases, jobs unclaimed in no durable broker recorded before `unclaimed_before`, and
+    jobs a durable broker has held unclaimed since before `published_before` (see `broker`)."""
     # Unfinished jobs are few, and `ix_jobs_status` finds them: the rest is a filter on those.
     found = await session.execute(
         select(Job.id, Job.claimed_by.is_not(None))
@@ -181,6 +184,11 @@ async def stale_jobs(
                     Job.claimed_by.is_(None),
                     Job.published_priority.is_(None),
                     Job.created_at < unclaimed_before,
+                ),
+                and_(
+                    Job.claimed_by.is_(None),
+                    Job.published_priority.is_not(None),
+                    Job.published_at < published_before,
                 ),
             ),
         )
@@ -273,9 +281,14 @@ async def heartbeat(runtime: Runtime, *, interval: float | None = None) -> None:
 async def sweep(runtime: Runtime) -> int:
     """Queue again the unfinished jobs no worker holds and this process has not in hand."""
     now = utcnow()
-    unclaimed_before = now - timedelta(seconds=runtime.settings.job_lease_seconds)
+    lease = timedelta(seconds=runtime.settings.job_lease_seconds)
     async with runtime.sessions() as session:
-        found = await stale_jobs(session, now=now, unclaimed_before=unclaimed_before)
+        found = await stale_jobs(
+            session,
+            now=now,
+            unclaimed_before=now - lease,
+            published_before=now - lease * REPUBLISH_AFTER_LEASES,
+        )
         promoted = await starving(session, settings=runtime.settings, limit=SWEEP_LIMIT)
         in_hand = runtime.handling | runtime.starting
         found = [(job_id, expired) for job_id, expired in found if job_id not in in_hand]

@@ -212,6 +212,8 @@ class Job(Base):
     #: The priority a durable broker (RabbitMQ) holds it with (see `broker`); None: not held
     #: there (never published, given back at a shutdown, or the embedded broker's).
     published_priority: Mapped[int | None] = mapped_column(Integer)
+    #: When it was last published to a durable broker.
+    published_at: Mapped[datetime | None]
 
 
 class Usage(Base):

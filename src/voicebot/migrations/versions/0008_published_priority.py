@@ -1,4 +1,4 @@
-"""jobs.published_priority: the priority RabbitMQ holds a job with (see `broker`)
+"""jobs.published_priority, jobs.published_at: what RabbitMQ holds a job with (see `broker`)
 
 Revision ID: 0008
 Revises: 0007
@@ -21,8 +21,10 @@ def upgrade() -> None:
     # A plain ADD COLUMN, as 0007. Jobs from before are not held by any broker: the first
     # bot that starts publishes them.
     op.add_column("jobs", sa.Column("published_priority", sa.Integer(), nullable=True))
+    op.add_column("jobs", sa.Column("published_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
     """Revert this revision."""
+    op.drop_column("jobs", "published_at")
     op.drop_column("jobs", "published_priority")
