@@ -137,7 +137,9 @@ class Result:
     wall_seconds: float = 0.0
     busy: float = 0.0  # mean share of all cores busy during the burst (/proc/stat)
     busy_max: float = 0.0  # the busiest 0.5 s sample
-    ours: float = 0.0  # share of all cores that our processes (and servers) used
+    used: float = 0.0  # CPU seconds of our processes (and servers) during the burst
+    ours: float = 0.0  # their share of all cores
+    clips: int = 0  # distinct corpus clips in the burst
     servers: dict[str, float] = field(default_factory=dict)  # CPU seconds during the burst
     latencies: list[float] = field(default_factory=list)  # update in → transcript out
     dispatches: list[float] = field(default_factory=list)  # update in → the job's getFile
@@ -175,13 +177,13 @@ def main() -> None:
     unknown = set(args.setups) - set(SETUPS)
     if unknown or not args.setups:
         parser.error(f"--setups takes letters of {''.join(SETUPS)}, got {args.setups!r}")
-    started, load = time.monotonic(), loadavg()
+    started, load, date = time.monotonic(), loadavg(), datetime.now(UTC)
     try:
         results = asyncio.run(run(args))
     except IncompleteError as error:
         print(f"scale benchmark: {error}", file=sys.stderr)
         sys.exit(1)
-    table = render(args, results, load, time.monotonic() - started)
+    table = render(args, results, (date, load), time.monotonic() - started)
     print(table)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(table, encoding="utf-8")
@@ -502,7 +504,8 @@ async def measure_burst(
     used = sum(p.cpu_after - p.cpu_before for p in procs) + sum(result.servers.values())
     cores = os.cpu_count() or 1
     # The sampler ran a little past the last transcript; near enough for a share of the cores.
-    result.ours = used / (result.wall_seconds * cores)
+    result.used, result.ours = used, used / (result.wall_seconds * cores)
+    result.clips = len({clip.name for clip, _ in burst})
 
 
 def ended(procs: list[Proc]) -> int:
@@ -587,10 +590,13 @@ def mb(kb: int) -> str:
     return f"{kb / 1024:.0f}"
 
 
-def render(args: argparse.Namespace, results: list[Result], load: str, seconds: float) -> str:
+def render(
+    args: argparse.Namespace, results: list[Result], start: tuple[datetime, str], seconds: float
+) -> str:
     """Markdown: throughput, processes, latency, and the goals."""
+    date, load = start
     lines = [
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {machine()}; load average at start {load} "
+        f"{date:%Y-%m-%d %H:%M} UTC, {machine()}; load average at start {load} "
         f"(1/5/15 min), at end {loadavg()}; WHISPER_MODEL={args.model}; fake Bot API in the "
         f"benchmark process on 127.0.0.1; private PostgreSQL and RabbitMQ on 127.0.0.1 for c; "
         f"run took {seconds:.0f} s",
@@ -600,21 +606,22 @@ def render(args: argparse.Namespace, results: list[Result], load: str, seconds: 
     if bursts:
         lines += [
             f"Burst: {bursts[0].notes} voice notes ({bursts[0].audio_seconds:.0f} s of English "
-            f"speech, {min(args.clips, 24)} corpus clips, distinct bytes) from {args.chats} chats "
+            f"speech, {bursts[0].clips} corpus clips, distinct bytes) from {args.chats} chats "
             "at once; wall = first update pushed → last transcript out; machine CPU = /proc/stat "
             "busy share of all cores (mean, busiest 0.5 s); ours = CPU seconds of the bot/worker "
-            "processes, the servers and the benchmark / (wall x cores)",
+            "processes, the servers and the benchmark / (wall x cores); CPU s / audio s = those "
+            "CPU seconds per second of audio (what the setup costs, whatever else runs)",
             "",
             "| setup | database | load 1 min | notes | audio s | wall s | audio s / wall s "
-            "| machine CPU % (max) | ours % |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| machine CPU % (max) | ours % | CPU s / audio s |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in bursts:
             lines.append(
                 f"| {r.setup.key}: {r.setup.describe()} | {r.database} | {r.load} | {r.notes} "
                 f"| {r.audio_seconds:.1f} | {r.wall_seconds:.1f} "
                 f"| {r.audio_seconds / r.wall_seconds:.2f} | {100 * r.busy:.0f} "
-                f"({100 * r.busy_max:.0f}) | {100 * r.ours:.0f} |"
+                f"({100 * r.busy_max:.0f}) | {100 * r.ours:.0f} | {r.used / r.audio_seconds:.3f} |"
             )
         lines += [
             "",
