@@ -82,6 +82,7 @@ bench: sync
 	$(UV) run python benchmarks/cache.py
 	$(UV) run python benchmarks/webhook.py
 	$(UV) run python benchmarks/webhook.py --no-transcription --output bench-results/webhook-door.md
+	$(UV) run python benchmarks/scale.py
 
 # The admin dashboard's Chart.js, from the npm registry: its UMD build and licence, unchanged,
 # with the version and the tarball's integrity noted beside them. Committed: the page works
