@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,13 +132,32 @@ async def _start(runtime: Runtime, job_id: int) -> None:
     # whatever the queue, and a worker finds it sent (its own `acknowledge` is then a read).
     runtime.starting.add(job_id)
     try:
-        await acknowledge(runtime, job_id)
-        if not runtime.stopping:  # at shutdown the job stays recorded for the next start
-            await runtime.kick(job_id)
-    except Exception:
+        async with _about(runtime, job_id):
+            await acknowledge(runtime, job_id)
+            if not runtime.stopping:  # at shutdown the job stays recorded for the next start
+                await runtime.kick(job_id)
+    except Exception:  # recorded: the sweeper publishes what this did not
         log.exception("job_start_failed", job_id=job_id)
     finally:
         runtime.starting.discard(job_id)
+
+
+@contextlib.asynccontextmanager
+async def _about(runtime: Runtime, job_id: int) -> AsyncIterator[None]:
+    """For the block, every line logged carries the job's ids (this task's context, copied
+    into the tasks and threads it starts), and everything said is in its sender's language."""
+    async with runtime.sessions() as session:
+        row = (
+            await session.execute(
+                select(Job.locale, Job.user_id, Job.chat_id).where(Job.id == job_id)
+            )
+        ).one_or_none()
+    ids = {"job_id": job_id}
+    if row is not None:
+        ids |= {"user_id": row.user_id, "chat_id": row.chat_id}
+    locale = row.locale if row is not None else None
+    with structlog.contextvars.bound_contextvars(**ids), use_locale(locale):
+        yield
 
 
 async def recover(runtime: Runtime, *, durable: bool) -> int:
@@ -165,20 +185,8 @@ async def transcribe_job(job_id: int, runtime: Runtime = TaskiqDepends()) -> Non
         return  # queued twice (the sweeper, a redelivery): the task already here answers it
     runtime.handling.add(job_id)
     try:
-        async with runtime.sessions() as session:
-            row = (
-                await session.execute(
-                    select(Job.locale, Job.user_id, Job.chat_id).where(Job.id == job_id)
-                )
-            ).one_or_none()
-        ids = {"job_id": job_id}
-        if row is not None:
-            ids |= {"user_id": row.user_id, "chat_id": row.chat_id}
-        # Every line the job logs carries its ids: this task's context, copied into the tasks
-        # and threads it starts. Everything the job says (status, progress, failure,
-        # "Cancelled") is in its sender's language.
-        locale = row.locale if row is not None else None
-        with structlog.contextvars.bound_contextvars(**ids), use_locale(locale):
+        # What the job says (status, progress, failure, "Cancelled") is in its sender's language.
+        async with _about(runtime, job_id):
             await _job(runtime, job_id)
     finally:
         runtime.handling.discard(job_id)
