@@ -13,7 +13,7 @@ from voicebot.config import Settings
 from voicebot.engine import Engine, build_engine
 
 from .fakes import FakeBotAPI
-from .servers import PostgresServer, RabbitServer, RedisServer
+from .servers import PostgresServer, RabbitServer, RedisServer, running
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("CORPUS_DIR", ROOT.parent / "shared" / "corpus"))
@@ -61,12 +61,8 @@ async def api() -> AsyncIterator[FakeBotAPI]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """One PostgreSQL server for the session, started when a test first asks for it."""
-    server = PostgresServer()
-    try:
-        server.start()
+    with running(PostgresServer()) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -82,15 +78,19 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     await server.drop_database(url)
 
 
+@pytest.fixture
+async def postgres_url(postgres: PostgresServer) -> AsyncIterator[str]:
+    """A fresh database on the session's PostgreSQL server, dropped after."""
+    url = await postgres.create_database()
+    yield url
+    await postgres.drop_database(url)
+
+
 @pytest.fixture(scope="session")
 def rabbitmq() -> Iterator[RabbitServer]:
     """One RabbitMQ node for the session, started when a test first asks for it."""
-    server = RabbitServer()
-    try:
-        server.start()
+    with running(RabbitServer()) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
@@ -105,12 +105,8 @@ def amqp_url(rabbitmq: RabbitServer) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis() -> Iterator[RedisServer]:
     """One Redis server for the session, started when a test first asks for it."""
-    server = RedisServer()
-    try:
-        server.start()
+    with running(RedisServer()) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture

@@ -16,8 +16,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 import asyncpg
@@ -105,6 +106,26 @@ def end(process: subprocess.Popen[bytes] | None, sig: signal.Signals, group: boo
     while group_alive(process.pid):
         assert time.monotonic() < deadline, f"{process.args!r}: its children outlived it"
         time.sleep(0.02)
+
+
+class Server(Protocol):
+    """What the test servers below have in common."""
+
+    def start(self) -> None: ...
+    def close(self) -> None: ...
+
+
+ServerT = TypeVar("ServerT", bound=Server)
+
+
+@contextlib.contextmanager
+def running(server: ServerT) -> Iterator[ServerT]:
+    """`server` started for the block, then stopped and its folder removed."""
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
 
 
 class PostgresServer:

@@ -19,7 +19,7 @@ from voicebot.audio import decode
 from .botproc import BotProcess
 from .fakes import FakeBotAPI
 from .media import encode_audio, long_speech, voice_note
-from .servers import PostgresServer, RabbitServer
+from .servers import PostgresServer, RabbitServer, running
 from .test_db import query
 from .test_polling import log_events
 
@@ -32,14 +32,6 @@ CLIPS = {
 }
 #: A short lease, so that a killed worker's job moves on within a test's patience.
 LEASE = "6"
-
-
-@pytest.fixture
-async def postgres_url(postgres: PostgresServer) -> AsyncIterator[str]:
-    """A fresh database on the session's PostgreSQL server, dropped after."""
-    url = await postgres.create_database()
-    yield url
-    await postgres.drop_database(url)
 
 
 def processes(
@@ -78,23 +70,15 @@ def cluster(
 @pytest.fixture
 def own_rabbitmq() -> Iterator[RabbitServer]:
     """A RabbitMQ node of the test's own, to stop and start."""
-    server = RabbitServer()
-    try:
-        server.start()
+    with running(RabbitServer()) as server:
         yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture
 async def own_postgres() -> AsyncIterator[tuple[PostgresServer, str]]:
     """A PostgreSQL server of the test's own, to stop and start, and a database on it."""
-    server = PostgresServer()
-    try:
-        server.start()
+    with running(PostgresServer()) as server:
         yield server, await server.create_database()
-    finally:
-        server.close()
 
 
 def answered_once(api: FakeBotAPI, expected: dict[tuple[int, int], str]) -> bool:
