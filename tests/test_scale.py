@@ -314,6 +314,39 @@ async def test_postgresql_stopped_for_ten_seconds_during_a_burst_loses_nothing(
     ]
 
 
+def polling_lock(process: BotProcess, event: str) -> bool:
+    """Whether `process` logged `event` for the polling lock."""
+    return any(line.get("lock") == "polling" for line in log_events(process, event))
+
+
+async def test_a_second_polling_bot_stands_by_and_takes_over(
+    api: FakeBotAPI, corpus: Path, postgres_url: str, cluster: Callable[..., BotProcess]
+) -> None:
+    """Two `voicebot bot` in polling mode: one polls, the other stands by (ready, not polling);
+    SIGKILL the poller and the standby takes over, and what came meanwhile is answered once."""
+    first, second = cluster("bot"), cluster("bot")
+    worker = cluster("worker", WORKERS="1")
+    for process in (first, worker):
+        await process.start()
+    await second.start(wait=False)
+    await api.wait_for(lambda: polling_lock(second, "lock_standby"), 60, "the standby")
+    polls = len(api.calls_of("getUpdates"))
+    before = send_burst(api, corpus, count=2, users=2, first_user=4200)
+    await api.wait_for(lambda: answered_once(api, before), 120, "answers from the first")
+    assert not log_events(second, "jobs_accepted")
+    assert await first.stop(signal.SIGKILL) == -signal.SIGKILL
+    after = send_burst(api, corpus, count=2, users=2, first_user=4300)
+    await api.wait_for(lambda: polling_lock(second, "lock_taken"), 60, "the takeover")
+    await api.wait_for(lambda: answered_once(api, before | after), 120, "answers from the second")
+    for process in (second, worker):
+        assert await process.stop() == 0, process.output()
+    assert len(api.calls_of("getUpdates")) > polls
+    assert log_events(second, "jobs_accepted")
+    assert await query(postgres_url, "SELECT status, count(*) FROM jobs GROUP BY status") == [
+        ("done", 4)
+    ]
+
+
 @pytest.mark.parametrize("role", ["bot", "worker"])
 async def test_a_role_without_a_shared_broker_or_database_says_so(
     api: FakeBotAPI, tmp_path: Path, model_cache: Path, role: str, postgres_url: str
