@@ -35,13 +35,28 @@ sendMessage is not idempotent. Besides:
   its transcript or "Cancelled." (forget cancels unfinished jobs, which is no stray cancel);
   their usage rows are all still there.
 
+Three modes: `polling` and `webhook` run `voicebot run` on SQLite; `scale` runs the bot split
+in two, one `voicebot bot` (takes updates, records jobs, sends the first status reply, publishes
+them) and one `voicebot worker` (WORKERS=1: runs the jobs under leases of JOB_LEASE_SECONDS=6,
+delivers), on the session's PostgreSQL and RabbitMQ. There each kill lands on the bot, the
+worker or both: a "confirm" kill always hits the bot (its moment), a "download" or "delivery"
+kill always the worker, the others either or both. Killed processes start again for the next
+round side by side, in a random order 0-1 s apart (so either may answer first, and a process
+that was not killed runs alone while the other starts); a start-up kill starts its victims
+(killing one first if it still runs) once the other answers, as far apart, and kills them at a
+fraction of their own start-up time.
+
+The checks read the database through its URL (`query`): the SQLite file, or PostgreSQL.
+
 The schedule comes from a seeded `random.Random`; set CHAOS_SEED to replay one (the timing of
-the process itself still varies from run to run).
+the processes themselves still varies from run to run). Whom each scale-mode kill hits comes
+from its own RNG, so a seed replays the same rounds in every mode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import random
@@ -49,13 +64,15 @@ import re
 import signal
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
+from sqlalchemy.engine import make_url
 
 from voicebot import languages, texts
 from voicebot.audio import decode
@@ -64,6 +81,7 @@ from .botproc import BotProcess
 from .fake_groups import GroupFakeBotAPI
 from .fakes import SentMessage
 from .media import encode_audio, video_with_sound, voice_note
+from .servers import PostgresServer
 from .test_web import free_port
 
 CLIPS = (
@@ -97,6 +115,12 @@ EVENT_TIMEOUT = 30.0
 #: How long a round waits for the /language menu or the /forget question before going on.
 ANSWER_TIMEOUT = 20.0
 SETTLE_TIMEOUT = 120.0
+#: Scale mode: the process whose event a moment waits for; that moment's kill always hits it.
+OWNERS = {"confirm": "bot", "download": "worker", "delivery": "worker"}
+#: Scale mode: whom a kill may hit.
+VICTIMS = (("bot",), ("worker",), ("bot", "worker"))
+#: Scale mode: a killed worker's job is published again once its lease expires.
+LEASE_SECONDS = "6"
 
 _NUMBERED = re.compile(r"\d+")
 
@@ -268,6 +292,47 @@ def item(rng: random.Random) -> Item:
     return Item(chat_id, kind, rng.choice(CLIPS), chat_id)
 
 
+@dataclass(frozen=True)
+class Start:
+    """In which order the processes that are down start, and how far apart (seconds)."""
+
+    order: tuple[str, ...]
+    stagger: float = 0.0
+
+    def __str__(self) -> str:
+        return f"starts {self.order[0]}, then {self.order[1]} +{self.stagger:.2f}s"
+
+
+@dataclass(frozen=True)
+class Kill:
+    """Whom a round kills, and how it first starts the processes that are down."""
+
+    victims: tuple[str, ...]
+    start: Start
+
+    def __str__(self) -> str:
+        return f"[{'+'.join(self.victims)}]"
+
+
+#: In the modes with one process: it, every time.
+ALONE = Kill(("bot",), Start(("bot",)))
+
+
+def kills(rng: random.Random, rounds: list[Round]) -> tuple[list[Kill], Start]:
+    """Scale mode: whom each round kills (a moment's owner always) and how it starts the
+    processes that are down; then how the last start goes."""
+
+    def start() -> Start:
+        return Start(rng.choice((("bot", "worker"), ("worker", "bot"))), rng.uniform(0.0, 1.0))
+
+    drawn = []
+    for round_ in rounds:
+        owner = OWNERS.get(round_.moment)
+        choices = [v for v in VICTIMS if owner in v] if owner else list(VICTIMS)
+        drawn.append(Kill(rng.choice(choices), start()))
+    return drawn, start()
+
+
 @dataclass
 class Forget:
     """FORGETTER's /forget: the commands sent, the press, and their usage rows before it."""
@@ -282,7 +347,7 @@ class Chaos:
     """Sends the bursts through the fake API and watches its calls for kill moments."""
 
     def __init__(
-        self, api: GroupFakeBotAPI, corpus: Path, database: Path, references: dict[str, str]
+        self, api: GroupFakeBotAPI, corpus: Path, database: str, references: dict[str, str]
     ) -> None:
         self.api, self.corpus, self.database = api, corpus, database
         #: The reference transcript of each clip.
@@ -420,7 +485,9 @@ class Chaos:
         question = questions()[-1]
         self.forget.usage_before = {
             int(row[0])
-            for row in query(self.database, f"SELECT id FROM usage WHERE user_id = {FORGETTER}")
+            for row in await query(
+                self.database, f"SELECT id FROM usage WHERE user_id = {FORGETTER}"
+            )
         }
         query_id = self.api.press_button(FORGETTER, question.message_id, f"forget:yes:{FORGETTER}")
         self.forget.pressed = (question.message_id, query_id)
@@ -471,29 +538,63 @@ class Chaos:
         )
 
 
-async def until(predicate: Callable[[], bool], timeout: float, every: float = 0.005) -> bool:
-    """Poll `predicate` every `every` s; whether it came true within `timeout`."""
+async def until(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float, every: float = 0.005
+) -> bool:
+    """Poll `predicate` (plain or async) every `every` s; whether it came true within
+    `timeout`."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        held = predicate()
+        if inspect.isawaitable(held):
+            held = await held
+        if held:
+            return True
         if time.monotonic() >= deadline:
             return False
         await asyncio.sleep(every)
-    return True
 
 
-def query(database: Path, sql: str) -> list[tuple[Any, ...]]:
-    """Rows of a read-only statement on the bot's database (committed data only)."""
+def all_hold(predicates: tuple[Callable[[], bool], ...]) -> bool:
+    """Whether every one of `predicates` holds now."""
+    return all(predicate() for predicate in predicates)
+
+
+#: How long one read of the database may take.
+QUERY_TIMEOUT = 10.0
+
+
+async def query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a read-only statement on the bot's database at `url` (SQLAlchemy's URL), committed
+    data only: a SQLite file opened read-only (in a thread: the fake API shares this loop), or
+    PostgreSQL on a connection of its own."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return await asyncio.to_thread(_sqlite_rows, str(parsed.database), sql)
+    dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = await asyncpg.connect(dsn, timeout=QUERY_TIMEOUT)
+    try:
+        return [tuple(row) for row in await connection.fetch(sql, timeout=QUERY_TIMEOUT)]
+    finally:
+        await connection.close()
+
+
+def _sqlite_rows(database: str, sql: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
         return connection.execute(sql).fetchall()
 
 
-def job_rows(database: Path) -> list[tuple[int, int, int, str]] | None:
-    """(id, chat_id, message_id, status) of every job; None while the file is unreadable."""
-    if not database.exists():
+async def job_rows(url: str) -> list[tuple[int, int, int, str]] | None:
+    """(id, chat_id, message_id, status) of every job; None while the database is unreadable."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not await asyncio.to_thread(
+        Path(str(parsed.database)).exists
+    ):
         return []
     try:
-        rows = query(database, "SELECT id, chat_id, message_id, status FROM jobs")
-    except sqlite3.OperationalError:  # locked, or the schema not created yet
+        rows = await query(url, "SELECT id, chat_id, message_id, status FROM jobs")
+    # SQLite locked, or either without the schema yet; PostgreSQL out of reach or slow.
+    except (sqlite3.OperationalError, asyncpg.PostgresError, OSError, TimeoutError):
         return None
     return [(int(a), int(b), int(c), str(d)) for a, b, c, d in rows]
 
@@ -520,31 +621,137 @@ async def api() -> AsyncIterator[GroupFakeBotAPI]:
         yield fake
 
 
-@pytest.mark.timeout(360)
-@pytest.mark.parametrize("mode", ["polling", "webhook"])
-async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
+class Processes:
+    """A mode's processes by name: "bot" (`voicebot run`, or `voicebot bot` in scale mode) and,
+    in scale mode, "worker"; each one BotProcess, started again (its log appended) after a kill."""
+
+    def __init__(self, processes: dict[str, BotProcess], asks: str) -> None:
+        self.processes = processes
+        #: What the bot asks for once it takes updates: getUpdates, or setWebhook.
+        self.asks = asks
+        #: Each process's first start-up time, from spawn until it answered.
+        self.startup: dict[str, float] = {}
+
+    def running(self, name: str) -> bool:
+        """Whether `name` was started and has not ended."""
+        process = self.processes[name]
+        return process.process is not None and not process.exited
+
+    async def start(self, start: Start) -> None:
+        """Start those of `start.order` that are down, each `start.stagger` s after the one
+        before it; return once all answer (the first start of each measures its start-up time)."""
+
+        async def one(name: str, delay: float) -> None:
+            await asyncio.sleep(delay)
+            began = time.monotonic()
+            await self.processes[name].start()
+            self.startup.setdefault(name, time.monotonic() - began)
+
+        down = [name for name in start.order if not self.running(name)]
+        await asyncio.gather(*(one(name, start.stagger * i) for i, name in enumerate(down)))
+
+    def readiness(self, name: str) -> Callable[[], bool]:
+        """Whether `name`, started after this call, answers yet: the bot asked for updates, the
+        worker logged bot_started."""
+        process = self.processes[name]
+        if process.role == "worker":
+            offset = process.log.stat().st_size if process.log.exists() else 0
+
+            def started() -> bool:
+                if not process.log.exists():
+                    return False
+                with process.log.open("rb") as log:
+                    log.seek(offset)
+                    return b'"bot_started"' in log.read()
+
+            return started
+        asked = len(process.api.calls_of(self.asks))
+        return lambda: len(process.api.calls_of(self.asks)) > asked
+
+    def event(self, name: str) -> str:
+        """What `readiness` waits for, in words."""
+        return (
+            "its bot_started" if self.processes[name].role == "worker" else f"its first {self.asks}"
+        )
+
+    async def kill(self, names: tuple[str, ...]) -> None:
+        """SIGKILL `names` at once; each must have been running."""
+        codes = await asyncio.gather(*(self.processes[n].stop(signal.SIGKILL) for n in names))
+        for name, code in zip(names, codes, strict=True):
+            assert code == -signal.SIGKILL, (
+                f"the {name} exited by itself ({code}):\n{self.output()}"
+            )
+
+    async def stop(self) -> None:
+        """SIGTERM each (the bot first): each must exit 0."""
+        for name, process in self.processes.items():
+            code = await process.stop()
+            assert code == 0, f"the last {name} did not exit 0 on SIGTERM:\n{self.output()}"
+
+    def abandon(self) -> None:
+        """SIGKILL whatever still runs (a failed test)."""
+        for name, process in self.processes.items():
+            if self.running(name) and process.process is not None:
+                process.process.kill()
+
+    def output(self) -> str:
+        """What the processes logged so far, each process's log after the other's."""
+        return "".join(process.output() for process in self.processes.values())
+
+
+@pytest.fixture
+async def backend(
+    request: pytest.FixtureRequest, mode: str, tmp_path: Path
+) -> AsyncIterator[tuple[str, str | None]]:
+    """The mode's database URL and broker URL: the bot's own SQLite file and no broker, or in
+    scale mode a fresh database on the session's PostgreSQL (dropped after) and a fresh RabbitMQ
+    virtual host (the servers start only when this mode asks for them)."""
+    if mode != "scale":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'data' / 'voicebot.db'}", None
+        return
+    server: PostgresServer = request.getfixturevalue("postgres")
+    broker: str = request.getfixturevalue("amqp_url")
+    url = await server.create_database()
+    yield url, broker
+    await server.drop_database(url)
+
+
+@pytest.fixture
+def cluster(
     api: GroupFakeBotAPI,
     tmp_path: Path,
     model_cache: Path,
-    corpus: Path,
-    references: dict[str, dict[str, str]],
     mode: str,
-) -> None:
-    """After SIGKILLs at any moment and a last start, each media message has one transcript.
-
-    In webhook mode the fake posts each update to the bot as Telegram does, and sends it again
-    until a 200 comes; "confirmed" is that 200, and a start-up kill lands before or at the
-    bot's setWebhook."""
-    began = time.monotonic()
-    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(2**32))
-    rounds, last_burst = plan(random.Random(seed))
-    print(f"\nCHAOS_SEED={seed}; kill schedule:")
-    for number, round_ in enumerate(rounds, 1):
-        print(f"  {number:>2}. {round_}")
-    print(f"  last start, burst [{len(last_burst)} messages], left to finish")
-
-    receiving: dict[str, str] = {}
-    if mode == "webhook":
+    backend: tuple[str, str | None],
+) -> Iterator[Processes]:
+    """The mode's processes, not started yet; whatever still runs after the test is killed."""
+    common = {"WHISPER_MODEL": "tiny.en", "JOB_MAX_ATTEMPTS": "30", "USER_MAX_ACTIVE_JOBS": "100"}
+    database, broker = backend
+    if mode == "scale":
+        assert broker is not None
+        shared = {
+            "DATABASE_URL": database,
+            "BROKER_URL": broker,
+            "JOB_LEASE_SECONDS": LEASE_SECONDS,
+        }
+        made = Processes(
+            {
+                "bot": BotProcess(
+                    api, tmp_path / "bot", model_cache, role="bot", **common, **shared
+                ),
+                "worker": BotProcess(
+                    api,
+                    tmp_path / "worker",
+                    model_cache,
+                    role="worker",
+                    WORKERS="1",
+                    **common,
+                    **shared,
+                ),
+            },
+            "getUpdates",
+        )
+    elif mode == "webhook":
         port = free_port()  # the same on every start: Telegram posts to one URL
         receiving = {
             "BOT_MODE": "webhook",
@@ -552,34 +759,87 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
             "WEBHOOK_URL": f"http://127.0.0.1:{port}/telegram/webhook",
             "WEBHOOK_SECRET": "chaos-secret-0123456789",
         }
-    asks = "setWebhook" if mode == "webhook" else "getUpdates"
-    bot = BotProcess(
-        api,
-        tmp_path,
-        model_cache,
-        WHISPER_MODEL="tiny.en",
-        JOB_MAX_ATTEMPTS="30",
-        USER_MAX_ACTIVE_JOBS="100",
-        **receiving,
-    )
-    database = tmp_path / "data" / "voicebot.db"
+        made = Processes(
+            {"bot": BotProcess(api, tmp_path, model_cache, **common, **receiving)}, "setWebhook"
+        )
+    else:
+        made = Processes({"bot": BotProcess(api, tmp_path, model_cache, **common)}, "getUpdates")
+    try:
+        yield made
+    finally:
+        made.abandon()
+
+
+@pytest.mark.timeout(360)
+@pytest.mark.parametrize("mode", ["polling", "webhook", "scale"])
+async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
+    api: GroupFakeBotAPI,
+    corpus: Path,
+    references: dict[str, dict[str, str]],
+    mode: str,
+    backend: tuple[str, str | None],
+    cluster: Processes,
+) -> None:
+    """After SIGKILLs at any moment and a last start, each media message has one transcript.
+
+    In webhook mode the fake posts each update to the bot as Telegram does, and sends it again
+    until a 200 comes; "confirmed" is that 200, and a start-up kill lands before or at the
+    bot's setWebhook. In scale mode each kill hits the bot, the worker or both."""
+    began = time.monotonic()
+    seed = int(os.environ.get("CHAOS_SEED") or random.SystemRandom().randrange(2**32))
+    rounds, last_burst = plan(random.Random(seed))
+    if mode == "scale":
+        victims, last_start = kills(random.Random(seed + 2), rounds)
+    else:
+        victims, last_start = [ALONE] * len(rounds), ALONE.start
+    print(f"\nCHAOS_SEED={seed}; kill schedule:")
+    for number, (round_, kill) in enumerate(zip(rounds, victims, strict=True), 1):
+        if mode == "scale":
+            print(f"  {number:>2}. {kill!s:<12} {round_}; {kill.start}")
+        else:
+            print(f"  {number:>2}. {round_}")
+    last = f"; {last_start}" if mode == "scale" else ""
+    print(f"  last start, burst [{len(last_burst)} messages], left to finish{last}")
+
+    database = backend[0]
     clips = (*CLIPS, FORGET_CLIP)
     references_by_clip = {clip: references[f"en/{clip}"]["reference_transcript"] for clip in clips}
     chaos = Chaos(api, corpus, database, references_by_clip)
     presses = random.Random(seed + 1)
-    startup = 0.0
-    for number, round_ in enumerate(rounds, 1):
+    for number, (round_, kill) in enumerate(zip(rounds, victims, strict=True), 1):
         mark, spawned = len(api.calls), time.monotonic()
+        # Victims are named in scale mode only, where a kill may hit either process.
+        named = mode == "scale"
+        who = f"{' and '.join(kill.victims)} " if named else ""
         if round_.moment == "startup":
+            # A start-up kill needs a fresh start: a victim still running dies now.
+            if alive := tuple(name for name in kill.victims if cluster.running(name)):
+                await cluster.kill(alive)
+                print(f"      killed {' and '.join(alive)} first, for a fresh start")
+            others = tuple(name for name in kill.start.order if name not in kill.victims)
+            await cluster.start(Start(others))
             # Updates wait at the door while the process starts and dies.
             chaos.push(round_.burst)
-            await bot.start(wait=False)
-            polled = await until(partial(chaos.called_since, mark, asks), round_.delay * startup)
-            what = f"at its first {asks}" if polled else f"before its first {asks}"
+            ready = {}
+            for name in (name for name in kill.start.order if name in kill.victims):
+                if ready:
+                    await asyncio.sleep(kill.start.stagger)
+                ready[name] = cluster.readiness(name)
+                await cluster.processes[name].start(wait=False)
+            patience = round_.delay * max(cluster.startup[name] for name in kill.victims)
+            await until(partial(all_hold, tuple(ready.values())), patience)
+            who, what = (
+                "",
+                ", ".join(
+                    f"{name + ' ' if named else ''}"
+                    f"{'at' if ready[name]() else 'before'} {cluster.event(name)}"
+                    for name in kill.victims
+                ),
+            )
         else:
-            await bot.start()
-            if startup == 0.0:
-                startup = time.monotonic() - spawned
+            first = not cluster.startup
+            await cluster.start(kill.start)
+            if first:
                 await chaos.join_group()
             mark = len(api.calls)
             burst = chaos.push(round_.burst)
@@ -604,14 +864,13 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
                 print(f"      pressed Cancel for chat {pressed[0]} message {pressed[1]}")
             await asyncio.sleep(round_.delay)
             what = EVENTS[round_.moment] if seen else f"with no event in {EVENT_TIMEOUT:.0f}s"
-        code = await bot.stop(signal.SIGKILL)
-        assert code == -signal.SIGKILL, f"the bot exited by itself ({code}):\n{bot.output()}"
+        await cluster.kill(kill.victims)
         print(
-            f"  kill {number:>2} ({round_.moment}) {what}, "
+            f"  kill {number:>2} ({round_.moment}) {who}{what}, "
             f"{time.monotonic() - spawned:.2f}s after spawn; {len(chaos.sent)} messages sent"
         )
 
-    await bot.start()
+    await cluster.start(last_start)
     chaos.push(last_burst)
     if chaos.forget.pressed is None:  # the question never showed before a kill: press it now
         assert await chaos.confirm_forget(SETTLE_TIMEOUT), "no /forget question ever showed"
@@ -625,8 +884,8 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
             for m in api.messages(sent.chat_id)
         )
 
-    def settled() -> bool:
-        rows = job_rows(database)
+    async def settled() -> bool:
+        rows = await job_rows(database)
         cancelled = {(row[1], row[2]) for row in rows or [] if row[3] == "cancelled"}
         return (
             rows is not None
@@ -641,22 +900,25 @@ async def test_sigkills_at_random_moments_lose_nothing_and_repeat_nothing(
             and forget_settled(api, chaos)
         )
 
-    def idle() -> bool:
+    async def idle() -> bool:
         """No job active and nothing but long polls for a while: nothing more will come."""
-        rows = job_rows(database)
+        rows = await job_rows(database)
         active = rows is None or any(row[3] not in FINAL for row in rows)
         last = max((c.at for c in api.calls if c.method != "getUpdates"), default=0.0)
         return not active and time.monotonic() - last > 10
 
-    # Polled slowly: the bot shares the machine's two cores with this test.
-    await until(lambda: settled() or idle(), SETTLE_TIMEOUT, every=0.25)
-    assert await bot.stop() == 0, f"the last bot did not exit 0 on SIGTERM:\n{bot.output()}"
+    async def finished() -> bool:
+        return await settled() or await idle()
 
-    rows = job_rows(database) or []
-    problems = check_chat(api, chaos, rows, bot.output(), references_by_clip)
-    problems.lines += check_presses(api, chaos, rows, database)
-    language = check_language(api, chaos, database)
-    forget = check_forget(api, chaos, database, references_by_clip[FORGET_CLIP])
+    # Polled slowly: the processes share the machine's two cores with this test.
+    await until(finished, SETTLE_TIMEOUT, every=0.25)
+    await cluster.stop()
+
+    rows = await job_rows(database) or []
+    problems = check_chat(api, chaos, rows, cluster.output(), references_by_clip)
+    problems.lines += await check_presses(api, chaos, rows, database)
+    language = await check_language(api, chaos, database)
+    forget = await check_forget(api, chaos, database, references_by_clip[FORGET_CLIP])
     problems.lines += language.lines + forget.lines
     elapsed = time.monotonic() - began
     cancelled = sum(1 for row in rows if row[3] == "cancelled")
@@ -796,18 +1058,20 @@ def check_chat(
     return Findings(lines, orphans)
 
 
-def check_presses(
-    api: GroupFakeBotAPI, chaos: Chaos, rows: list[tuple[int, int, int, str]], database: Path
+async def check_presses(
+    api: GroupFakeBotAPI, chaos: Chaos, rows: list[tuple[int, int, int, str]], database: str
 ) -> list[str]:
     """Every press answered; only pressed jobs (or those of a forgotten user) cancelled, and a
     pressed one neither charged nor stored."""
     lines: list[str] = []
     pressed = chaos.pressed
     jobs = {(chat_id, message_id): (job_id, status) for job_id, chat_id, message_id, status in rows}
-    charged = {int(job_id) for (job_id,) in query(database, "SELECT job_id FROM usage")}
+    charged = {int(job_id) for (job_id,) in await query(database, "SELECT job_id FROM usage")}
     linked = {
         int(job_id)
-        for (job_id,) in query(database, "SELECT id FROM jobs WHERE transcript_id IS NOT NULL")
+        for (job_id,) in await query(
+            database, "SELECT id FROM jobs WHERE transcript_id IS NOT NULL"
+        )
     }
     # /forget cancels its user's unfinished jobs (a transcribed one was charged already).
     forgotten = (
@@ -826,13 +1090,13 @@ def check_presses(
     return lines
 
 
-def check_language(api: GroupFakeBotAPI, chaos: Chaos, database: Path) -> Findings:
+async def check_language(api: GroupFakeBotAPI, chaos: Chaos, database: str) -> Findings:
     """Each chat that chose English has it, every choice was answered, and the jobs accepted
     after the user saw it carry it; `orphans` counts answers given twice (after a crash)."""
     lines: list[str] = []
     repeats = 0
     chats = {chat_id for chat_id, _ in chaos.commands if chat_id in CHATS}
-    stored = dict(query(database, "SELECT id, language FROM chats"))
+    stored = dict(await query(database, "SELECT id, language FROM chats"))
     for chat_id in sorted(chats):
         if stored.get(chat_id) != "en":
             lines.append(f"chat {chat_id}: language {stored.get(chat_id)!r} after /language en")
@@ -858,7 +1122,7 @@ def check_language(api: GroupFakeBotAPI, chaos: Chaos, database: Path) -> Findin
                 lines.append(f"chat {chat_id}: English pressed, answered {answer}")
     languages_of = {
         (int(chat_id), int(message_id)): language
-        for chat_id, message_id, language in query(
+        for chat_id, message_id, language in await query(
             database, "SELECT chat_id, message_id, language FROM jobs"
         )
     }
@@ -875,7 +1139,9 @@ def check_language(api: GroupFakeBotAPI, chaos: Chaos, database: Path) -> Findin
     return Findings(lines, repeats, actions, later)
 
 
-def check_forget(api: GroupFakeBotAPI, chaos: Chaos, database: Path, reference: str) -> Findings:
+async def check_forget(
+    api: GroupFakeBotAPI, chaos: Chaos, database: str, reference: str
+) -> Findings:
     """The /forget press was answered and shown done; nothing of FORGETTER's texts is linked or
     stored; their usage rows stayed. `orphans` counts questions asked twice (after a crash)."""
     lines: list[str] = []
@@ -889,7 +1155,7 @@ def check_forget(api: GroupFakeBotAPI, chaos: Chaos, database: Path, reference: 
     if not is_forget_done(question.text or ""):
         lines.append(f"/forget: the pressed question shows {question.text!r}")
     questions = [m for m in api.messages(FORGETTER) if explained(chaos, FORGETTER, m)]
-    for job_id, message, status, transcript_id in query(
+    for job_id, message, status, transcript_id in await query(
         database,
         "SELECT id, message_id, status, transcript_id FROM jobs"
         f" WHERE user_id = {FORGETTER} ORDER BY id",
@@ -899,11 +1165,12 @@ def check_forget(api: GroupFakeBotAPI, chaos: Chaos, database: Path, reference: 
                 f"/forget: job {job_id} (message {message}) is {status} and links transcript "
                 f"{transcript_id}"
             )
-    for transcript_id, text in query(database, "SELECT id, text FROM transcripts"):
+    for transcript_id, text in await query(database, "SELECT id, text FROM transcripts"):
         if is_transcript_of(str(text), reference):
             lines.append(f"/forget: transcript {transcript_id} still holds {text!r}")
     left = {
-        int(row[0]) for row in query(database, f"SELECT id FROM usage WHERE user_id = {FORGETTER}")
+        int(row[0])
+        for row in await query(database, f"SELECT id FROM usage WHERE user_id = {FORGETTER}")
     }
     if not chaos.forget.usage_before <= left:
         lines.append(f"/forget: usage rows {sorted(chaos.forget.usage_before - left)} are gone")
