@@ -197,18 +197,22 @@ async def test_a_worker_stopped_gracefully_gives_its_jobs_back(
     worker = cluster("worker", WORKERS="1", SHUTDOWN_GRACE_SECONDS="0", **queues)
     for process in (bot, worker):
         await process.start()
-    speech = long_speech(corpus)
-    expected = {
-        (4100, api.send_voice(4100, encode_audio(speech), duration=int(len(speech) / 16000))): (
-            "painful to myself"
-        )
-    }
+    # Declared 30 s: the long queue (only the declared duration routes), a short clip in fact.
+    # Downloads are held: the first job stays running until the stop.
+    api.hold("downloadFile")
+    phrase, name = next(iter(CLIPS.items()))
+    note = voice_note(corpus / "en" / name)
+    expected = {(4100, api.send_voice(4100, note, duration=30)): phrase}
     expected |= send_burst(api, corpus, count=1, users=1, first_user=4101)
     await api.wait_for(lambda: len(api.calls_of("downloadFile")) == 1, 60, "one job running")
     assert await worker.stop() == 0, worker.output()
-    assert await query(
-        postgres_url, "SELECT status, claimed_by, published_priority FROM jobs ORDER BY id"
-    ) == [("queued", None, None), ("queued", None, None)]
+    assert (
+        await query(
+            postgres_url, "SELECT status, claimed_by, published_priority FROM jobs ORDER BY id"
+        )
+        == [("queued", None, None)] * 2
+    )
+    api.release("downloadFile")
     again = cluster("worker", WORKERS="1", **queues)
     await again.start()
     await api.wait_for(lambda: answered_once(api, expected), 180, "both answers")
