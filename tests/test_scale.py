@@ -34,18 +34,32 @@ CLIPS = {
 LEASE = "6"
 
 
+@pytest.fixture
+async def made() -> AsyncIterator[list[BotProcess]]:
+    """The processes a test made: any still running at its end (a failed test) is killed."""
+    processes: list[BotProcess] = []
+    yield processes
+    for process in processes:
+        if process.process is not None and not process.exited:
+            await process.stop(signal.SIGKILL)
+
+
 def processes(
-    api: FakeBotAPI, tmp_path: Path, model_cache: Path, *, database_url: str, broker_url: str
+    api: FakeBotAPI,
+    tmp_path: Path,
+    model_cache: Path,
+    made: list[BotProcess],
+    *,
+    database_url: str,
+    broker_url: str,
 ) -> Callable[..., BotProcess]:
-    """Makes `voicebot bot` and `voicebot worker` processes on one database and broker."""
-    made = 0
+    """Makes `voicebot bot` and `voicebot worker` processes on one database and broker, noted
+    in `made`."""
 
     def make(role: str, **env: str) -> BotProcess:
-        nonlocal made
-        made += 1
-        return BotProcess(
+        process = BotProcess(
             api,
-            tmp_path / f"{role}{made}",
+            tmp_path / f"{role}{len(made) + 1}",
             model_cache,
             role=role,
             DATABASE_URL=database_url,
@@ -55,16 +69,25 @@ def processes(
             JOB_LEASE_SECONDS=LEASE,
             **env,
         )
+        made.append(process)
+        return process
 
     return make
 
 
 @pytest.fixture
 def cluster(
-    api: FakeBotAPI, tmp_path: Path, model_cache: Path, postgres_url: str, amqp_url: str
+    api: FakeBotAPI,
+    tmp_path: Path,
+    model_cache: Path,
+    made: list[BotProcess],
+    postgres_url: str,
+    amqp_url: str,
 ) -> Callable[..., BotProcess]:
     """Processes on the session's PostgreSQL and RabbitMQ (see `processes`)."""
-    return processes(api, tmp_path, model_cache, database_url=postgres_url, broker_url=amqp_url)
+    return processes(
+        api, tmp_path, model_cache, made, database_url=postgres_url, broker_url=amqp_url
+    )
 
 
 @pytest.fixture
@@ -256,11 +279,12 @@ async def test_rabbitmq_restarted_during_a_burst_loses_nothing(
     corpus: Path,
     postgres_url: str,
     own_rabbitmq: RabbitServer,
+    made: list[BotProcess],
 ) -> None:
     """RabbitMQ stops mid-burst (jobs in its queue, some running, more recorded while it is
     down) and starts again: every message gets exactly one answer."""
     make = processes(
-        api, tmp_path, model_cache, database_url=postgres_url, broker_url=own_rabbitmq.url()
+        api, tmp_path, model_cache, made, database_url=postgres_url, broker_url=own_rabbitmq.url()
     )
     bot, workers = make("bot"), [make("worker", WORKERS="1") for _ in range(2)]
     for process in (bot, *workers):
@@ -291,11 +315,14 @@ async def test_postgresql_stopped_for_ten_seconds_during_a_burst_loses_nothing(
     corpus: Path,
     amqp_url: str,
     own_postgres: tuple[PostgresServer, str],
+    made: list[BotProcess],
 ) -> None:
     """PostgreSQL stops for 10 s mid-burst: updates that came meanwhile are not confirmed to
     Telegram until they are recorded, workers wait, and every message gets exactly one answer."""
     server, database_url = own_postgres
-    make = processes(api, tmp_path, model_cache, database_url=database_url, broker_url=amqp_url)
+    make = processes(
+        api, tmp_path, model_cache, made, database_url=database_url, broker_url=amqp_url
+    )
     bot, workers = make("bot"), [make("worker", WORKERS="1") for _ in range(2)]
     for process in (bot, *workers):
         await process.start()
