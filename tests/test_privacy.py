@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import closing
@@ -406,3 +407,43 @@ async def test_the_running_bot_purges_transcripts_past_the_retention(
     assert await bot.stop() == 0, bot.output()
     assert len(log_events(bot, "job_transcribed")) == 2
     assert log_events(bot, "job_cached") == []
+
+
+async def test_a_forget_press_that_meets_a_busy_database_is_not_confirmed(
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, note: bytes
+) -> None:
+    """A recording, then the /forget press, in one batch: the first process answers the press
+    and dies before the batch is recorded; the next meets a database busy past its timeout
+    while handling the press again. The batch is not confirmed until the press is handled, so
+    the recording sent before it ends cancelled, not transcribed after "Deleted"."""
+    bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en")
+    await bot.start()
+    api.send_text(USER, "/forget")
+    question = await bot_says(api, USER, texts.privacy.forget_confirm())
+    assert await bot.stop() == 0, bot.output()
+
+    before = api.send_voice(USER, note, duration=4)
+    pressed = api.press_button(USER, question.message_id, f"forget:yes:{USER}")
+    api.hold("editMessageText")  # the question's edit comes after the answer: killed there
+    await bot.start()
+    await api.wait_for(lambda: api.query_answer(pressed) is not None, 30, "the answer")
+    assert await bot.stop(signal.SIGKILL) == -signal.SIGKILL
+    api.release("editMessageText")
+
+    api.hold("getUpdates")
+    await bot.start()
+    with closing(
+        sqlite3.connect(tmp_path / "data" / "voicebot.db", isolation_level=None, timeout=30)
+    ) as locker:
+        locker.execute("BEGIN IMMEDIATE")  # another writer, for longer than the busy timeout
+        api.release("getUpdates")
+        await api.wait_for(lambda: bool(log_events(bot, "polling_failed")), 40, "the failure")
+        locker.execute("ROLLBACK")
+    ended = f"SELECT status, transcript_id FROM jobs WHERE message_id = {before}"
+    await api.wait_for(
+        lambda: rows(tmp_path, ended) in ([("cancelled", None)], [("done", 1)]), 60, "its end"
+    )
+    assert await bot.stop() == 0, bot.output()
+    assert rows(tmp_path, ended) == [("cancelled", None)]
+    assert not log_events(bot, "handler_failed")
+    assert rows(tmp_path, "SELECT count(*) FROM transcripts") == [(0,)]

@@ -131,6 +131,9 @@ async def record_updates(
         ),
         return_exceptions=True,
     )
+    for result in results:
+        if isinstance(result, DBAPIError | OSError) and unavailable(result):
+            raise result  # a handler's writes did not happen: nothing of the batch is confirmed
     for update, result in zip(updates, results, strict=True):
         if isinstance(result, Exception):
             # The error handler already answered; this is a failure inside it. Move on.

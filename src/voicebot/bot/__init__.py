@@ -22,6 +22,7 @@ from voicebot.bot import (
     settings,
 )
 from voicebot.bot.locale import UserLocale
+from voicebot.db import unavailable
 from voicebot.jobs import Runtime
 
 log = structlog.get_logger(__name__)
@@ -53,7 +54,12 @@ def build_dispatcher(runtime: Runtime, *, i18n: I18n) -> Dispatcher:
 
 
 async def on_error(event: ErrorEvent) -> bool:
-    """Log any handler failure and tell the user; the bot keeps serving."""
+    """Log any handler failure and tell the user; the bot keeps serving. A database out of
+    reach is not the update's fault: it is raised on, and its batch is not confirmed."""
+    if unavailable(event.exception):
+        # The handler's own writes (a /forget's mark, a setting) did not happen: the update
+        # must come again, so the batch fails whole (`polling.record_updates`).
+        raise event.exception
     log.error("handler_failed", error=repr(event.exception), exc_info=event.exception)
     message, query = event.update.message, event.update.callback_query
     try:
