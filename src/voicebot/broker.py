@@ -7,10 +7,11 @@ only where a published job id waits differs:
   publishes every unfinished job again.
 - BROKER_URL=amqp://…: taskiq-aio-pika. Queues are durable, messages persistent and confirmed
   by RabbitMQ before `publish` returns. A worker is given at most WORKERS messages at a time
-  (prefetch) and acknowledges one only when its task has ended: delivered, failed for good, or
-  found cancelled, finished or taken by another worker. A worker killed mid-job leaves its
-  message unacknowledged, and RabbitMQ gives it to another worker; that one runs it once the
-  dead worker's lease expires (the sweeper publishes it again then: `leases.sweep`).
+  from each queue it consumes (prefetch; what it cannot run at once waits for its slot, and is
+  given back if it stops first), and acknowledges one only when its task has ended: delivered,
+  failed for good, or found cancelled, finished or taken by another worker. A worker killed
+  mid-job leaves its message unacknowledged, and RabbitMQ gives it to another worker; that one
+  runs it once the dead worker's lease expires (the sweeper publishes it again then).
 
 What RabbitMQ holds is written in the job: `jobs.published_priority`, set once a publish is
 confirmed, and cleared when a worker gives a job back at shutdown. The sweeper publishes the

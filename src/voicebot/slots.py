@@ -9,11 +9,9 @@ One rule against starvation: a free job that has waited PRIORITY_MAX_WAIT_SECOND
 it runs before any premium job that arrived after it (with the same turn). `places.count_ahead`
 counts positions with the same key, so what users are told matches what happens.
 
-With a shared broker (RabbitMQ) the classes map onto a priority queue (`x-max-priority`): a job
-is published with priority 2 for class 0 and 1 for class 1, and a sweeper re-publishes a free job
-at 2 once it has waited that long (the job's lease makes the second copy harmless). Turns stay
-with the database: a worker offered a job that `count_ahead` does not put first among the queued
-ones takes the first instead.
+With a shared broker (RabbitMQ) the same key becomes each message's priority (see `broker`):
+class and turn, the turn counted up to the fifth; a sweeper publishes a free job again as
+class 0 once it has waited that long (the job's lease makes the second copy harmless).
 """
 
 from __future__ import annotations
