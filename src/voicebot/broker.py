@@ -50,8 +50,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from sqlalchemy import and_, case, func, or_, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import and_, select, update
 from taskiq import AsyncBroker, InMemoryBroker
 from taskiq.acks import AcknowledgeType
 from taskiq.decor import AsyncTaskiqDecoratedTask
@@ -60,6 +59,7 @@ from taskiq.receiver import Receiver
 from voicebot.config import QUEUES, Settings
 from voicebot.errors import ConfigError
 from voicebot.models import Job, JobStatus, utcnow
+from voicebot.places import order_of
 
 if TYPE_CHECKING:
     from aio_pika.abc import AbstractChannel, AbstractQueue
@@ -245,15 +245,7 @@ async def _keys(
 ) -> dict[int, _Key]:
     """Each job's class and turn (as `slots` counts them) and declared duration, in one query."""
     since = utcnow() - timedelta(seconds=settings.priority_max_wait_seconds)
-    earlier = aliased(Job)
-    turn = (
-        select(func.count())
-        .select_from(earlier)
-        .where(earlier.user_id == Job.user_id, earlier.id <= Job.id, earlier.created_at >= since)
-        .correlate(Job)
-        .scalar_subquery()
-    )
-    job_class = case((or_(Job.priority > 0, Job.created_at <= since), 0), else_=1)
+    job_class, turn = order_of(since=since)
     found = await session.execute(
         select(Job.id, job_class, turn, Job.duration).where(Job.id.in_(list(job_ids)))
     )

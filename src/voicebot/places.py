@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, delete, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -44,6 +44,21 @@ async def running_at_once(session: AsyncSession, *, seen_since: datetime) -> int
     return int(found or 0)
 
 
+def order_of(*, since: datetime) -> tuple[ColumnElement[int], ColumnElement[int]]:
+    """A job row's class (0 premium, or free recorded at or before `since`; 1 free) and turn
+    (its sender's jobs recorded since `since`, up to it), as SQL over `Job`: the key of `slots`."""
+    earlier = aliased(Job)
+    turn = (
+        select(func.count())
+        .select_from(earlier)
+        .where(earlier.user_id == Job.user_id, earlier.id <= Job.id, earlier.created_at >= since)
+        .correlate(Job)
+        .scalar_subquery()
+    )
+    klass = case((or_(Job.priority > 0, Job.created_at <= since), 0), else_=1)
+    return klass, turn
+
+
 async def count_ahead(session: AsyncSession, *, job_id: int, max_wait: float, now: datetime) -> int:
     """Unfinished jobs that hold a slot or will get one before `job_id` (the key of `slots`)."""
     job = await session.get(Job, job_id)
@@ -54,19 +69,7 @@ async def count_ahead(session: AsyncSession, *, job_id: int, max_wait: float, no
         0 if job.priority > 0 or as_utc(job.created_at) <= promoted_since else 1,
         await _turn_of(session, user_id=job.user_id, job_id=job_id, since=promoted_since),
     )
-    earlier = aliased(Job)
-    turn = (
-        select(func.count())
-        .select_from(earlier)
-        .where(
-            earlier.user_id == Job.user_id,
-            earlier.id <= Job.id,
-            earlier.created_at >= promoted_since,
-        )
-        .correlate(Job)
-        .scalar_subquery()
-    )
-    klass = case((or_(Job.priority > 0, Job.created_at <= promoted_since), 0), else_=1)
+    klass, turn = order_of(since=promoted_since)
     before = or_(
         klass < mine[0],
         and_(klass == mine[0], or_(turn < mine[1], and_(turn == mine[1], Job.id < job_id))),
