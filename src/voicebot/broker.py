@@ -201,8 +201,14 @@ def _rabbit(settings: Settings, *, consume: bool) -> AsyncBroker:
 
 
 async def publish(runtime: Runtime, broker: Broker, job_ids: Sequence[int]) -> None:
-    """Publish jobs `job_ids` with their priority and queue; for a durable broker, record it."""
+    """Publish jobs `job_ids`; to a durable broker with their priority and queue, recorded in
+    their rows."""
     if not job_ids:
+        return
+    if not broker.durable:
+        # In this process the slots order the jobs (`slots`): no priority or queue to read.
+        for job_id in job_ids:
+            await broker.task.kiq(job_id)
         return
     settings = runtime.settings
     async with runtime.sessions() as session:
@@ -219,8 +225,6 @@ async def publish(runtime: Runtime, broker: Broker, job_ids: Sequence[int]) -> N
             .kiq(job_id)
         )
         published[level].append(job_id)
-    if not broker.durable:
-        return
     now = utcnow()
     async with runtime.sessions() as session:
         for level, ids in published.items():
