@@ -38,6 +38,9 @@ class BotProcess:
             "PROGRESS_INTERVAL_SECONDS": "1",
             # No HTTP app unless a test asks for one on a port of its own: bots run side by side.
             "HTTP_PORT": "0",
+            # One job at a time, so places in line, cancels and progress edits come in an order
+            # a test can wait for; the chaos, scale-out and batching tests run batches.
+            "BATCH_SIZE": "1",
             **env,
         }
         self.process: asyncio.subprocess.Process | None = None

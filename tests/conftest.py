@@ -40,15 +40,19 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def base_engine(model_cache: Path) -> Engine:
+def base_engine(model_cache: Path) -> Iterator[Engine]:
     """The bundled multilingual `base` model."""
-    return build_engine(Settings(whisper_model="base", model_cache_dir=model_cache))
+    engine = build_engine(Settings(whisper_model="base", model_cache_dir=model_cache))
+    yield engine
+    engine.close()
 
 
 @pytest.fixture(scope="session")
-def tiny_engine(model_cache: Path) -> Engine:
+def tiny_engine(model_cache: Path) -> Iterator[Engine]:
     """The bundled English-only `tiny.en` model: fast."""
-    return build_engine(Settings(whisper_model="tiny.en", model_cache_dir=model_cache))
+    engine = build_engine(Settings(whisper_model="tiny.en", model_cache_dir=model_cache))
+    yield engine
+    engine.close()
 
 
 @pytest.fixture

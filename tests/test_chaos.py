@@ -46,6 +46,9 @@ that was not killed runs alone while the other starts); a start-up kill starts i
 (killing one first if it still runs) once the other answers, as far apart, and kills them at a
 fraction of their own start-up time.
 
+Every mode decodes in batches (BATCH_SIZE=4, recordings of several people together), so kills
+land mid-batch too.
+
 The checks read the database through its URL (`query`): the SQLite file, or PostgreSQL.
 
 The schedule comes from a seeded `random.Random`; set CHAOS_SEED to replay one (the timing of
@@ -725,7 +728,13 @@ def cluster(
     backend: tuple[str, str | None],
 ) -> Iterator[Processes]:
     """The mode's processes, not started yet; whatever still runs after the test is killed."""
-    common = {"WHISPER_MODEL": "tiny.en", "JOB_MAX_ATTEMPTS": "30", "USER_MAX_ACTIVE_JOBS": "100"}
+    common = {
+        "WHISPER_MODEL": "tiny.en",
+        "JOB_MAX_ATTEMPTS": "30",
+        "USER_MAX_ACTIVE_JOBS": "100",
+        # Batches of recordings from different people: a kill lands mid-batch as often as not.
+        "BATCH_SIZE": "4",
+    }
     database, broker = backend
     if mode == "scale":
         assert broker is not None

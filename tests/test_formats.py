@@ -9,8 +9,8 @@ from datetime import timedelta
 import srt
 import webvtt
 
-from voicebot.engine import Segment, Transcript
 from voicebot.formats import Format, clock, render
+from voicebot.recording import Segment, Transcript
 
 TRANSCRIPT = Transcript(
     text="Hello there. Second line --> arrow. Late words.",

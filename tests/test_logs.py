@@ -78,7 +78,8 @@ async def test_a_job_and_its_update_log_their_ids_and_never_the_token(
     first, second = job_ids(tmp_path)
 
     # Every line written while a job runs carries the job's ids, those it names and those it
-    # does not (the retried reply, the engine's worker thread, the crash).
+    # does not (the retried reply, the engine's lines, one of them from a worker thread, the
+    # crash).
     by_job = [line for line in logged if line.get("job_id") in (first, second)]
     assert by_job
     for line in by_job:
@@ -88,7 +89,9 @@ async def test_a_job_and_its_update_log_their_ids_and_never_the_token(
     assert {("job_crashed", second), ("job_failed", second)} <= events
     (decoded,) = [line for line in by_job if line["event"] == "segments_decoded"]
     assert decoded["job_id"] == first
-    assert decoded["thread"] != "MainThread"
+    (cut,) = [line for line in by_job if line["event"] == "recording_cut"]
+    assert cut["job_id"] == first
+    assert cut["thread"] != "MainThread"
     (crash,) = [line for line in by_job if line["event"] == "job_crashed"]
     assert "<token>" in str(crash["exception"])
 

@@ -31,6 +31,7 @@ DOCUMENTED = {
     "voicebot_telegram_errors_total": "counter",
     "voicebot_telegram_retries_total": "counter",
     "voicebot_leases_total": "counter",
+    "voicebot_batch_pieces": "histogram",
 }
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -92,6 +93,8 @@ async def test_metrics_move_after_a_job_a_cache_hit_and_a_refusal(
         assert value(after, "voicebot_transcription_seconds_count") == 1
         assert value(after, "voicebot_transcription_seconds_sum") > 0
         assert value(after, "voicebot_realtime_factor_count") == 1
+        assert value(after, "voicebot_batch_pieces_count") == 1  # a 4-s note: one piece
+        assert value(after, "voicebot_batch_pieces_sum") == 1
         for step in ("queue_wait", "download", "delivery"):
             assert value(after, f"voicebot_{step}_seconds_count") == 1, step
         assert value(after, "voicebot_updates_total", type="message") == 1

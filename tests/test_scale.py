@@ -67,7 +67,8 @@ def processes(
             WHISPER_MODEL="tiny.en",
             USER_MAX_ACTIVE_JOBS="20",
             JOB_LEASE_SECONDS=LEASE,
-            **env,
+            # Workers decode in batches: a worker killed mid-job is killed mid-batch.
+            **{"BATCH_SIZE": "4", **env},
         )
         made.append(process)
         return process

@@ -193,8 +193,9 @@ def _rabbit(settings: Settings, *, consume: bool) -> AsyncBroker:
         exchange=Exchange(name=EXCHANGE),
         task_queues=queues,
         dead_letter_queue=Queue(name=QUEUE_PREFIX + "dead_letter", type=QueueType.CLASSIC),
-        # The messages a worker holds unacknowledged: as many as it runs at once.
-        qos=settings.workers,
+        # The messages a worker holds unacknowledged: as many jobs as it runs at once (WORKERS
+        # batches of BATCH_SIZE), so a batch can form from what RabbitMQ hands it.
+        qos=settings.jobs_at_once,
         label_for_routing="queue",
         label_for_priority="priority",
     )

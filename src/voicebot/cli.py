@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
@@ -17,12 +18,13 @@ from rich.text import Text
 from voicebot import admin, backup, texts
 from voicebot.audio import SAMPLE_RATE, decode
 from voicebot.config import Settings
-from voicebot.engine import Engine, Transcript, build_engine
+from voicebot.engine import Engine, build_engine
 from voicebot.errors import AlreadyRunningError, BackupError, UnknownUserError, VoicebotError
 from voicebot.formats import EXTENSIONS, Format, render
 from voicebot.logs import setup_logging, start_logging
 from voicebot.models import Plan, User, utcnow
 from voicebot.quotas import day_start
+from voicebot.recording import Transcript
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -117,7 +119,11 @@ def transcribe(
         Path | None, typer.Option("--output", "-o", help="Write FILE.<ext> into this directory.")
     ] = None,
 ) -> None:
-    """Transcribe files; a file that fails gets one line on stderr and the rest go on."""
+    """Transcribe files; a file that fails gets one line on stderr and the rest go on.
+
+    The files are transcribed together (their pieces share batches), BATCH_SIZE times WORKERS at a
+    time; each is printed, in the order given, once it and those before it are done.
+    """
     settings = _settings(whisper_model=model)
     setup_logging("WARNING", settings.log_format)
     try:
@@ -127,52 +133,63 @@ def transcribe(
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for path in files:
-        try:
-            transcript = _transcribe_one(
-                engine,
-                path,
-                language or settings.whisper_language,
-                settings.whisper_allowed_languages,
-            )
-        except VoicebotError as error:
-            failed += 1
-            typer.echo(f"voicebot: {path}: {error}", err=True)
-            continue
-        rendered = render(transcript, fmt)
-        if output is None:
-            if len(files) > 1:
-                sys.stdout.write(f"==> {path} <==\n")
-            sys.stdout.write(rendered)
-            sys.stdout.flush()
-        else:
-            (output / f"{path.stem}.{EXTENSIONS[fmt]}").write_text(rendered, encoding="utf-8")
-    if failed:
-        raise typer.Exit(1)
-
-
-def _transcribe_one(
-    engine: Engine, path: Path, language: str | None, allowed: list[str]
-) -> Transcript:
-    audio = decode(path, max_seconds=engine.options.max_audio_seconds)
-    seconds = audio.shape[0] / SAMPLE_RATE
-    if seconds < _PROGRESS_FROM_SECONDS or not err.is_terminal:
-        return engine.transcribe(audio, language=language, allowed_languages=allowed)
-    with Progress(
+    bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
         console=err,
         transient=True,
-    ) as bar:
-        task = bar.add_task(path.name, total=seconds)
+        disable=not err.is_terminal,
+    )
+    hint = language or settings.whisper_language
+    allowed = settings.whisper_allowed_languages
+    try:
+        with bar, ThreadPoolExecutor(max_workers=settings.jobs_at_once) as pool:
+            started = [
+                pool.submit(_transcribe_one, engine, path, hint, allowed, bar) for path in files
+            ]
+            for path, future in zip(files, started, strict=True):
+                try:
+                    transcript = future.result()
+                except VoicebotError as error:
+                    failed += 1
+                    typer.echo(f"voicebot: {path}: {error}", err=True)
+                    continue
+                rendered = render(transcript, fmt)
+                if output is None:
+                    if len(files) > 1:
+                        sys.stdout.write(f"==> {path} <==\n")
+                    sys.stdout.write(rendered)
+                    sys.stdout.flush()
+                else:
+                    (output / f"{path.stem}.{EXTENSIONS[fmt]}").write_text(
+                        rendered, encoding="utf-8"
+                    )
+    finally:
+        engine.close()
+    if failed:
+        raise typer.Exit(1)
+
+
+def _transcribe_one(
+    engine: Engine, path: Path, language: str | None, allowed: list[str], bar: Progress
+) -> Transcript:
+    """One file (a pool thread); a bar on stderr for a long one."""
+    audio = decode(path, max_seconds=engine.options.max_audio_seconds)
+    seconds = audio.shape[0] / SAMPLE_RATE
+    if seconds < _PROGRESS_FROM_SECONDS or bar.disable:
+        return engine.transcribe(audio, language=language, allowed_languages=allowed)
+    task = bar.add_task(path.name, total=seconds)
+    try:
         return engine.transcribe(
             audio,
             language=language,
             allowed_languages=allowed,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
+    finally:
+        bar.remove_task(task)
 
 
 def _in_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[_T]]) -> _T:

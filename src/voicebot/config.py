@@ -54,6 +54,8 @@ class Settings(BaseSettings):
 
     # Jobs and delivery
     workers: int = Field(default=1, ge=1)
+    #: Pieces of recordings (up to 30 s each) one worker decodes together; 1 turns batching off.
+    batch_size: int = Field(default=8, ge=1, le=64)
     job_max_attempts: int = Field(default=3, ge=1)
     progress_interval_seconds: float = Field(default=5.0, ge=1.0)
     #: Queue-position edits a second for all chats together (Telegram allows about 30 messages).
@@ -290,6 +292,12 @@ class Settings(BaseSettings):
     def sqlalchemy_url(self) -> str:
         """DATABASE_URL, or a SQLite file under DATA_DIR."""
         return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'voicebot.db'}"
+
+    @property
+    def jobs_at_once(self) -> int:
+        """Jobs one process transcribes at a time: WORKERS batches of BATCH_SIZE pieces each,
+        one job per piece at most."""
+        return self.workers * self.batch_size
 
     @property
     def cpu_threads(self) -> int:

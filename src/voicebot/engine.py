@@ -1,4 +1,9 @@
-"""The Whisper engine: load once, transcribe in a worker thread, return a `Transcript`."""
+"""The Whisper engine: load once; transcribe recordings in batches, each in a worker thread.
+
+The one module that talks to faster-whisper and CTranslate2. A recording is cut into pieces of
+at most 30 s of speech (`pieces`); the pieces of every recording being transcribed are decoded
+together, up to BATCH_SIZE at a time (`batching`), each with its own language and task.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import structlog
 
+from voicebot import pieces
 from voicebot.audio import SAMPLE_RATE, Audio, decode
+from voicebot.batching import Batcher, Item, Work
 from voicebot.config import Settings
 from voicebot.errors import (
     ConfigError,
@@ -23,38 +31,29 @@ from voicebot.errors import (
     TranscriptionCancelledError,
     TranscriptionTimeoutError,
 )
+from voicebot.pieces import Piece
+from voicebot.recording import (
+    Attempt,
+    ProgressCallback,
+    Recording,
+    Segment,
+    SegmentCallback,
+    Task,
+    Transcript,
+    needs_fallback,
+    silent,
+)
 from voicebot.weights import resolve_model
 
 log = structlog.get_logger(__name__)
 
-Task = Literal["transcribe", "translate"]
-"""Whisper's tasks: transcribe in the spoken language, or translate into English."""
-ProgressCallback = Callable[[float, float], None]
-"""Called with (seconds of audio done, total seconds) while segments are produced."""
-
-
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """One piece of the transcript, with times in seconds from the start of the audio."""
-
-    start: float
-    end: float
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Transcript:
-    """What a transcription produced."""
-
-    text: str
-    language: str
-    language_probability: float
-    duration: float
-    segments: tuple[Segment, ...]
-
-
-SegmentCallback = Callable[[Segment], None]
-"""Called with each segment as it is produced (from the worker thread): the text so far."""
+#: A recording longer than a window is cut at pauses of at least this long (a voice note keeps
+#: faster-whisper's default, 2 s, so it is decoded as before batching).
+LONG_PAUSE_MS = 160
+#: Encoder windows are whole multiples of this (see `Engine._window`).
+WINDOW_STEP_SECONDS = 5
+#: How often a waiting transcription looks at its cancel event and deadline.
+WAIT_STEP_SECONDS = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,21 +64,41 @@ class Options:
     vad: bool = True
     max_audio_seconds: float = 3 * 3600
     workers: int = 1
+    #: Pieces decoded together (one batch); 1 decodes one piece at a time.
+    batch_size: int = 8
+    #: Silence after each piece that the encoder still sees; None: the whole 30-s window, as
+    #: stock faster-whisper (see `Engine._window`).
+    encoder_margin_seconds: float | None = 10.0
 
 
 class Engine:
-    """A loaded Whisper model; `transcribe` is blocking, `transcribe_async` runs it in a thread."""
+    """A loaded Whisper model; `transcribe` blocks, `transcribe_async` waits without a thread.
 
-    def __init__(self, model: Any, options: Options) -> None:
+    Concurrent calls are decoded together, up to `Options.batch_size` pieces at a time, on
+    `Options.workers` threads.
+    """
+
+    def __init__(
+        self, model: Any, options: Options, *, on_batch: Callable[[int], None] | None = None
+    ) -> None:
         self.model = model
         self.options = options
-        # One transcription per CTranslate2 worker (WORKERS); more would only queue inside it.
-        self._slots = threading.BoundedSemaphore(options.workers)
+        self.batcher: Batcher[Piece, tuple[Segment, ...]] = Batcher(
+            self._decode,
+            size=options.batch_size,
+            threads=options.workers,
+            name="whisper",
+            on_batch=on_batch,
+        )
 
     @property
     def multilingual(self) -> bool:
         """Whether the model can transcribe languages other than English."""
         return bool(self.model.model.is_multilingual)
+
+    def close(self) -> None:
+        """Stop the batch threads (after their current batch)."""
+        self.batcher.close()
 
     def transcribe(
         self,
@@ -93,27 +112,23 @@ class Engine:
         cancel: threading.Event | None = None,
         deadline: float | None = None,
     ) -> Transcript:
-        """Transcribe (or, `task="translate"`, translate to English) `source`.
+        """Transcribe (or, `task="translate"`, translate to English) `source`, blocking.
 
         Raises a `BadAudioError`, cancellation or timeout error. A translation's `language` is
         the source language (detected when None), as for a transcription.
         """
-        audio = (
-            source
-            if isinstance(source, np.ndarray)
-            else decode(source, max_seconds=self.options.max_audio_seconds)
+        recording = self._submit(
+            self._recording(source, language, allowed_languages, task, progress, on_segment)
         )
-        with self._slots:
-            return self._transcribe(
-                audio,
-                language=language,
-                allowed=tuple(allowed_languages),
-                task=task,
-                progress=progress,
-                on_segment=on_segment,
-                cancel=cancel,
-                deadline=deadline,
-            )
+        while True:
+            if cancel is not None and cancel.is_set():
+                self.batcher.withdraw(recording, _cancelled())
+            elif deadline is not None and time.monotonic() > deadline:
+                self.batcher.withdraw(recording, _timed_out())
+            try:
+                return self._finished(recording, recording.future.result(WAIT_STEP_SECONDS))
+            except TimeoutError:
+                continue
 
     async def transcribe_async(
         self,
@@ -126,112 +141,340 @@ class Engine:
         on_segment: SegmentCallback | None = None,
         time_limit: float | None = None,
     ) -> Transcript:
-        """Transcribe in a worker thread; cancelling the awaiting task stops it between segments."""
-        cancel = threading.Event()
-        deadline = time.monotonic() + time_limit if time_limit else None
-        work = asyncio.ensure_future(
-            asyncio.to_thread(
-                self.transcribe,
-                source,
-                language=language,
-                allowed_languages=allowed_languages,
-                task=task,
-                progress=progress,
-                on_segment=on_segment,
-                cancel=cancel,
-                deadline=deadline,
+        """Transcribe without blocking the loop: the audio is cut in a worker thread, then its
+        pieces wait for batches without holding a thread. Cancelling the awaiting task takes
+        them out of the queue at once (a batch already running finishes without them)."""
+        recording = self._submit(
+            await asyncio.to_thread(
+                self._recording, source, language, allowed_languages, task, progress, on_segment
             )
         )
         try:
-            return await asyncio.shield(work)
+            decoded = await asyncio.wait_for(asyncio.wrap_future(recording.future), time_limit)
         except asyncio.CancelledError:
-            cancel.set()
-            # Wait for the thread to notice so the model is free for the next job.
-            await asyncio.wait([work])
-            if not work.cancelled():
-                work.exception()  # its TranscriptionCancelledError is expected: mark it seen
+            self.batcher.withdraw(recording, _cancelled())
             raise
+        except TimeoutError as error:
+            self.batcher.withdraw(recording, _timed_out())
+            raise _timed_out() from error
+        return self._finished(recording, decoded)
 
-    def _transcribe(
+    def _recording(
         self,
-        audio: Audio,
-        *,
+        source: bytes | Path | Audio,
         language: str | None,
-        allowed: tuple[str, ...],
+        allowed_languages: Sequence[str],
         task: Task,
         progress: ProgressCallback | None,
         on_segment: SegmentCallback | None,
-        cancel: threading.Event | None,
-        deadline: float | None,
-    ) -> Transcript:
-        from faster_whisper.audio import pad_or_trim
-        from faster_whisper.tokenizer import Tokenizer
-        from faster_whisper.transcribe import restore_speech_timestamps
-        from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+    ) -> Recording:
+        """`source` decoded and cut, ready for the batcher (blocking: VAD takes a moment)."""
+        audio = (
+            source
+            if isinstance(source, np.ndarray)
+            else decode(source, max_seconds=self.options.max_audio_seconds)
+        )
+        cut, timeline = self._cut(audio)
+        # Written in the caller's worker thread: it carries the job's ids, which `to_thread`
+        # copied (the batch threads serve every job and carry none).
+        log.debug(
+            "recording_cut",
+            pieces=len(cut),
+            audio=round(audio.shape[0] / SAMPLE_RATE, 1),
+            thread=threading.current_thread().name,
+        )
+        return Recording(
+            cut,
+            timeline=timeline,
+            duration=audio.shape[0] / SAMPLE_RATE,
+            language=language if self.multilingual else "en",
+            allowed=tuple(allowed_languages),
+            task=task,
+            progress=progress,
+            on_segment=on_segment,
+        )
 
-        model = self.model
-        duration = audio.shape[0] / SAMPLE_RATE
-        speech_chunks: list[dict[str, int]] | None = None
-        if self.options.vad:
-            speech_chunks = get_speech_timestamps(audio, VadOptions())
-            if not speech_chunks:
-                raise NoSpeechError("I could not hear any speech in this recording.")
-            audio = np.concatenate(collect_chunks(audio, speech_chunks)[0], axis=0)
+    def _submit(self, recording: Recording) -> Recording:
+        self.batcher.submit(recording)
+        return recording
 
-        features = model.feature_extractor(audio)
-        encoder_output = None
-        probability = 1.0
-        if not self.multilingual:
-            language = "en"
-        elif language is None:
-            # Encode the first window exactly as decoding will, and detect the language from
-            # that same output: stock faster-whisper encodes this window twice.
-            content_frames = features.shape[-1] - 1
-            first = pad_or_trim(
-                features[:, : min(model.feature_extractor.nb_max_frames, content_frames)]
+    def _cut(self, audio: Audio) -> tuple[list[Piece], Any]:
+        """The recording's speech in pieces of at most a window, and the map from the speech
+        timeline back to the recording's (None without VAD: they are the same)."""
+        from faster_whisper.vad import SpeechTimestampsMap, VadOptions, get_speech_timestamps
+
+        if not self.options.vad:
+            return pieces.windows(audio), None
+        window = pieces.WINDOW_SECONDS
+        if len(audio) > window * SAMPLE_RATE:
+            # Longer than a window: levelled (see `pieces`) and cut at short pauses too.
+            audio = pieces.level(audio)
+            options = VadOptions(
+                max_speech_duration_s=window, min_silence_duration_ms=LONG_PAUSE_MS
             )
-            encoder_output = model.encode(first)
-            language, probability = _pick_language(
-                model.model.detect_language(encoder_output)[0], allowed
-            )
+        else:
+            options = VadOptions(max_speech_duration_s=window)
+        stretches = get_speech_timestamps(audio, options)
+        if not stretches:
+            raise NoSpeechError("I could not hear any speech in this recording.")
+        return pieces.join(audio, stretches), SpeechTimestampsMap(stretches, SAMPLE_RATE)
 
-        tokenizer = Tokenizer(model.hf_tokenizer, self.multilingual, task=task, language=language)
-        options = _stock_options(tokenizer, beam_size=self.options.beam_size)
-        segments = model.generate_segments(features, tokenizer, options, False, encoder_output)
-        if speech_chunks:
-            segments = restore_speech_timestamps(segments, speech_chunks, SAMPLE_RATE)
-
-        produced: list[Segment] = []
-        for segment in segments:
-            produced.append(Segment(float(segment.start), float(segment.end), segment.text))
-            if on_segment is not None:
-                on_segment(produced[-1])
-            if progress is not None:
-                progress(min(float(segment.end), duration), duration)
-            if cancel is not None and cancel.is_set():
-                raise TranscriptionCancelledError("The transcription was cancelled.")
-            if deadline is not None and time.monotonic() > deadline:
-                raise TranscriptionTimeoutError("The transcription took too long and was stopped.")
-        text = " ".join(part for s in produced if (part := s.text.strip()))
+    def _finished(self, recording: Recording, decoded: list[tuple[Segment, ...]]) -> Transcript:
+        segments = tuple(s for part in decoded for s in part if s.text.strip())
+        text = " ".join(s.text.strip() for s in segments)
         if not text:
             raise NoSpeechError("I could not hear any speech in this recording.")
-        if progress is not None:
-            progress(duration, duration)
-        # Written in the worker thread: it carries the job's ids, which `to_thread` copied.
+        recording.report()  # every segment passed on before the result is
+        if recording.progress is not None:
+            recording.progress(recording.duration, recording.duration)
+        assert recording.language is not None, "decided in the recording's first batch"
         log.debug(
             "segments_decoded",
-            segments=len(produced),
-            audio=round(duration, 1),
-            language=language,
-            thread=threading.current_thread().name,
+            segments=len(segments),
+            pieces=len(recording.pieces),
+            audio=round(recording.duration, 1),
+            language=recording.language,
         )
         return Transcript(
             text=text,
-            language=language,
-            language_probability=float(probability),
-            duration=duration,
-            segments=tuple(s for s in produced if s.text.strip()),
+            language=recording.language,
+            language_probability=float(recording.probability),
+            duration=recording.duration,
+            segments=segments,
         )
+
+    def _decode(
+        self, batch: list[Item[Piece, tuple[Segment, ...]]]
+    ) -> list[tuple[Segment, ...] | Exception]:
+        """One batch (a batch thread); an item that fails alone fails only its recording."""
+        try:
+            return list(self._decode_together(batch))
+        except (RuntimeError, ValueError, MemoryError) as error:
+            if len(batch) == 1:
+                return [error]
+            log.warning("batch_split", items=len(batch), error=str(error))
+        results: list[tuple[Segment, ...] | Exception] = []
+        for item in batch:
+            try:
+                results.extend(self._decode_together([item]))
+            except (RuntimeError, ValueError, MemoryError) as error:
+                results.append(error)
+        return results
+
+    def _decode_together(
+        self, batch: list[Item[Piece, tuple[Segment, ...]]]
+    ) -> list[tuple[Segment, ...]]:
+        recordings = [_as_recording(work) for work, _ in batch]
+        decoded = self._decode_pieces(recordings, [work.pieces[index] for work, index in batch])
+        return [tuple(segments) for segments in decoded]
+
+    def _decode_pieces(self, recordings: list[Recording], cut: list[Piece]) -> list[list[Segment]]:
+        """Each piece's segments in its recording's time. Pieces with the same encoder window
+        go through the encoder and the decoder together; then the rest of each piece whose
+        window stopped early, as stock decoding goes on."""
+        computed = [self._features(piece) for piece in cut]
+        windows = [self._window(features.shape[-1]) for features in computed]
+        decoded: list[list[Segment]] = [[] for _ in cut]
+        for window in dict.fromkeys(windows):
+            same = [i for i, w in enumerate(windows) if w == window]
+            for i, segments in zip(
+                same,
+                self._decode_window(
+                    [recordings[i] for i in same],
+                    [cut[i] for i in same],
+                    [computed[i] for i in same],
+                    window,
+                ),
+                strict=True,
+            ):
+                decoded[i] = segments
+        return decoded
+
+    def _window(self, frames: int) -> int:
+        """The encoder window for a piece of `frames` feature frames.
+
+        Whisper's encoder takes 30 s whatever the audio; CTranslate2 takes less. The piece plus
+        a margin of 10 s (then up to the next 5 s, so that pieces of similar length share a
+        window) costs a 5-s note half the encoder time, with the same accuracy on the corpus
+        (margins of 1 and 5 s cost accuracy). Each piece's window depends on it alone: what it
+        is batched with never changes its text.
+        """
+        whole = self.model.feature_extractor.nb_max_frames
+        margin = self.options.encoder_margin_seconds
+        if margin is None:
+            return int(whole)
+        per_second = self.model.frames_per_second
+        step = WINDOW_STEP_SECONDS * per_second
+        wanted = frames + round(margin * per_second)
+        return int(min(whole, -(-wanted // step) * step))
+
+    def _decode_window(
+        self, recordings: list[Recording], cut: list[Piece], computed: list[Any], window: int
+    ) -> list[list[Segment]]:
+        from faster_whisper.audio import pad_or_trim
+
+        model = self.model
+        features = np.stack([pad_or_trim(f, window) for f in computed])
+        encoder_output = model.encode(features)
+        self._decide_languages(recordings, encoder_output)
+        tokenizers = [self._tokenizer(r.language, r.task) for r in recordings]
+        options = _stock_options(tokenizers[0], beam_size=self.options.beam_size)
+        chosen = self._generate_with_fallback(encoder_output, features, tokenizers, options)
+
+        decoded: list[list[Segment]] = [[] for _ in cut]
+        again: list[int] = []
+        rest: list[Piece] = []
+        for i, attempt in enumerate(chosen):
+            if silent(attempt, options):
+                continue
+            piece, tokenizer = cut[i], tokenizers[i]
+            said, resume = pieces.split(
+                attempt.tokens,
+                first_timestamp=tokenizer.timestamp_begin,
+                precision=model.time_precision,
+                duration=piece.duration,
+            )
+            decoded[i] = [
+                Segment(
+                    self._original(piece.offset + part.start, recordings[i]),
+                    self._original(piece.offset + part.end, recordings[i], end=True),
+                    tokenizer.decode(part.tokens),
+                )
+                for part in said
+            ]
+            if resume is not None:
+                again.append(i)
+                rest.append(piece.after(resume))
+        if again:
+            more = self._decode_pieces([recordings[i] for i in again], rest)
+            for i, segments in zip(again, more, strict=True):
+                decoded[i].extend(segments)
+        return decoded
+
+    def _generate_with_fallback(
+        self, encoder_output: Any, features: Any, tokenizers: list[Any], options: Any
+    ) -> list[Attempt]:
+        """faster-whisper's fallback, batched: every item at temperature 0 (beam search), then
+        those too repetitive or too unsure again at each higher temperature (sampling)."""
+        from faster_whisper.transcribe import get_compression_ratio
+
+        model = self.model
+        prompts = [model.get_prompt(t, previous_tokens=[]) for t in tokenizers]
+        chosen: dict[int, Attempt] = {}
+        tried: list[list[Attempt]] = [[] for _ in tokenizers]
+        waiting = list(range(len(tokenizers)))
+        for temperature in options.temperatures:
+            if len(waiting) < len(tokenizers):
+                encoder_output = model.encode(features[waiting])
+            generated = self._generate(
+                encoder_output, [prompts[i] for i in waiting], options, temperature
+            )
+            still: list[int] = []
+            for i, result in zip(waiting, generated, strict=True):
+                tokens = result.sequences_ids[0]
+                attempt = Attempt(
+                    tokens=tokens,
+                    avg_logprob=result.scores[0]
+                    * len(tokens) ** options.length_penalty
+                    / (len(tokens) + 1),
+                    no_speech_prob=result.no_speech_prob,
+                    compression_ratio=get_compression_ratio(tokenizers[i].decode(tokens).strip()),
+                )
+                tried[i].append(attempt)
+                if needs_fallback(attempt, options):
+                    still.append(i)
+                else:
+                    chosen[i] = attempt
+            waiting = still
+            if not waiting:
+                break
+        for i in waiting:
+            # Every temperature failed: the likeliest of the results that were not repetitive.
+            kept = [
+                a for a in tried[i] if a.compression_ratio <= options.compression_ratio_threshold
+            ]
+            chosen[i] = max(kept or tried[i], key=lambda a: a.avg_logprob)
+        return [chosen[i] for i in range(len(tokenizers))]
+
+    def _features(self, piece: Piece) -> Any:
+        """The piece's log-mel features, exactly as faster-whisper computes a window's."""
+        features = self.model.feature_extractor(piece.audio)
+        return features[:, : max(features.shape[-1] - 1, 1)]
+
+    def _decide_languages(self, recordings: list[Recording], encoder_output: Any) -> None:
+        """Detect the language of each recording that has none from its items in this batch
+        (the probabilities of its pieces here averaged), among its allowed languages."""
+        undecided = {id(r): r for r in recordings if r.language is None}
+        if not undecided:
+            return
+        detected = self.model.model.detect_language(encoder_output)
+        for recording in undecided.values():
+            pooled: dict[str, float] = {}
+            items = [d for r, d in zip(recordings, detected, strict=True) if r is recording]
+            for probabilities in items:
+                for token, probability in probabilities:
+                    pooled[token] = pooled.get(token, 0.0) + probability / len(items)
+            ranked = sorted(pooled.items(), key=lambda pair: -pair[1])
+            recording.language, recording.probability = _pick_language(ranked, recording.allowed)
+
+    def _tokenizer(self, language: str | None, task: Task) -> Any:
+        return _tokenizer(self.model.hf_tokenizer, self.multilingual, task, language)
+
+    def _generate(
+        self, encoder_output: Any, prompts: list[list[int]], options: Any, temperature: float
+    ) -> Any:
+        if temperature > 0:
+            search: dict[str, Any] = {
+                "beam_size": 1,
+                "num_hypotheses": options.best_of,
+                "sampling_topk": 0,
+                "sampling_temperature": temperature,
+            }
+        else:
+            search = {"beam_size": options.beam_size, "patience": options.patience}
+        return self.model.model.generate(
+            encoder_output,
+            prompts,
+            length_penalty=options.length_penalty,
+            repetition_penalty=options.repetition_penalty,
+            no_repeat_ngram_size=options.no_repeat_ngram_size,
+            max_length=self.model.max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=options.suppress_blank,
+            suppress_tokens=options.suppress_tokens,
+            max_initial_timestamp_index=round(
+                options.max_initial_timestamp / self.model.time_precision
+            ),
+            **search,
+        )
+
+    @staticmethod
+    def _original(moment: float, recording: Recording, *, end: bool = False) -> float:
+        """A time on the speech timeline as a time in the recording."""
+        if recording.timeline is None:
+            return round(moment, 2)
+        return float(recording.timeline.get_original_time(moment, is_end=end))
+
+
+def _cancelled() -> TranscriptionCancelledError:
+    return TranscriptionCancelledError("The transcription was cancelled.")
+
+
+def _timed_out() -> TranscriptionTimeoutError:
+    return TranscriptionTimeoutError("The transcription took too long and was stopped.")
+
+
+def _as_recording(work: Work[Piece, tuple[Segment, ...]]) -> Recording:
+    assert isinstance(work, Recording), "the engine submits recordings only"
+    return work
+
+
+@cache
+def _tokenizer(hf_tokenizer: Any, multilingual: bool, task: str, language: str | None) -> Any:
+    from faster_whisper.tokenizer import Tokenizer
+
+    return Tokenizer(hf_tokenizer, multilingual, task=task, language=language)
 
 
 def _pick_language(
@@ -292,12 +535,14 @@ def load_whisper(settings: Settings) -> Any:
         ) from error
 
 
-def build_engine(settings: Settings) -> Engine:
-    """Load the model named in `settings` and wrap it in an `Engine`."""
+def build_engine(settings: Settings, *, on_batch: Callable[[int], None] | None = None) -> Engine:
+    """Load the model named in `settings` and wrap it in an `Engine` (`on_batch`: told each
+    batch's size)."""
     options = Options(
         beam_size=settings.whisper_beam_size,
         vad=settings.whisper_vad,
         max_audio_seconds=settings.max_audio_seconds,
         workers=settings.workers,
+        batch_size=settings.batch_size,
     )
-    return Engine(load_whisper(settings), options)
+    return Engine(load_whisper(settings), options, on_batch=on_batch)

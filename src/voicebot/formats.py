@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from enum import StrEnum
 
-from voicebot.engine import Transcript
+from voicebot.recording import Transcript
 
 
 class Format(StrEnum):

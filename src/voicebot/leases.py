@@ -255,7 +255,10 @@ async def heartbeat(runtime: Runtime, *, interval: float | None = None) -> None:
                 now = utcnow()
                 # This process's slots count in everyone's places in line while it beats.
                 await places.register(
-                    session, worker_id=runtime.worker_id, slots=runtime.settings.workers, now=now
+                    session,
+                    worker_id=runtime.worker_id,
+                    slots=runtime.settings.jobs_at_once,
+                    now=now,
                 )
                 kept = await renew(
                     session,

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 SECONDS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 #: Processing seconds per audio second (below 1: faster than real time).
 FACTOR_BUCKETS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 5)
+#: Pieces in one batch (BATCH_SIZE is at most 64).
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 #: Why the door refused a message or press (`admission`), or "failed" when it could not record.
 REFUSAL_REASONS = (
     "banned",
@@ -89,6 +91,7 @@ class Metrics:
     telegram_errors: Counter
     telegram_retries: Counter
     leases: Counter
+    batch_pieces: Histogram
 
     def received(self, updates: list[Update], *, unparseable: int = 0) -> None:
         """Count a batch's updates by type, and those that did not parse."""
@@ -241,6 +244,11 @@ def build_metrics() -> Metrics:
             registry=registry,
         ),
         leases=leases,
+        batch_pieces=histogram(
+            "voicebot_batch_pieces",
+            "Pieces of recordings (up to 30 s each) the engine decoded together, per batch.",
+            BATCH_BUCKETS,
+        ),
     )
 
 

@@ -27,7 +27,7 @@ from aiogram.types import (
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from voicebot import engine, texts
+from voicebot import recording, texts
 from voicebot.delivery import split_text, with_retries
 from voicebot.formats import Format, render
 from voicebot.languages import name
@@ -94,13 +94,13 @@ def keyboard(job: Job, transcript: Transcript) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup(inline_keyboard=[formats, more])
 
 
-def as_engine(transcript: Transcript) -> engine.Transcript:
+def as_engine(transcript: Transcript) -> recording.Transcript:
     """The stored transcript as the engine's value, for `formats.render`."""
     segments = tuple(
-        engine.Segment(float(s["start"]), float(s["end"]), str(s["text"]))
+        recording.Segment(float(s["start"]), float(s["end"]), str(s["text"]))
         for s in transcript.segments
     )
-    return engine.Transcript(
+    return recording.Transcript(
         text=transcript.text,
         language=transcript.language,
         language_probability=transcript.language_probability,

@@ -37,7 +37,7 @@ from voicebot.chatadmins import ChatAdmins
 from voicebot.config import Settings
 from voicebot.db import build_engine as build_db_engine
 from voicebot.db import build_sessions, upgrade_async
-from voicebot.engine import build_engine
+from voicebot.engine import Engine, build_engine
 from voicebot.errors import ConfigError
 from voicebot.health import Health
 from voicebot.i18n import DEFAULT_LOCALE, SUPPORTED
@@ -102,15 +102,19 @@ async def serve(settings: Settings, *, front: bool = True, work: bool = True) ->
             await upgrade_async(settings.sqlalchemy_url)
             database = build_db_engine(settings.sqlalchemy_url)
             health.sessions = sessions = build_sessions(database)
+            engine: Engine | None = None
             try:
-                engine = await asyncio.to_thread(build_engine, settings) if work else None
+                if work:
+                    engine = await asyncio.to_thread(
+                        build_engine, settings, on_batch=metrics.batch_pieces.observe
+                    )
                 health.model = settings.whisper_model if work else None
                 runtime = Runtime(
                     settings=settings,
                     bot=bot,
                     sessions=sessions,
                     engine=engine,
-                    slots=Slots(settings.workers, max_wait=settings.priority_max_wait_seconds),
+                    slots=Slots(settings.jobs_at_once, max_wait=settings.priority_max_wait_seconds),
                     limiters=build_limiters(settings),
                     chat_admins=ChatAdmins(ttl=settings.chat_admin_cache_seconds),
                     metrics=metrics,
@@ -122,6 +126,9 @@ async def serve(settings: Settings, *, front: bool = True, work: bool = True) ->
                 await _run(runtime, database, me, i18n, app, front=front, work=work)
             finally:
                 health.sessions = None
+                if engine is not None:
+                    # Its batch threads; what they run is finished or given back by now.
+                    await asyncio.to_thread(engine.close)
                 await database.dispose()
     finally:
         await bot.session.close()
@@ -211,6 +218,7 @@ async def _run(
             api=settings.telegram_api_url,
             model=settings.whisper_model if work else None,
             workers=settings.workers if work else 0,
+            batch_size=settings.batch_size if work else 0,
             mode=settings.bot_mode if front else None,
             broker="rabbitmq" if broker.durable else "embedded",
             role="run" if front and work else "bot" if front else "worker",
@@ -243,7 +251,7 @@ async def _run(
                 await places.register(
                     session,
                     worker_id=runtime.worker_id,
-                    slots=settings.workers,
+                    slots=settings.jobs_at_once,
                     now=utcnow(),
                     sole=runtime.sole_worker,
                 )

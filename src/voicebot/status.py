@@ -37,8 +37,8 @@ from voicebot.places import count_ahead, running_at_once
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from voicebot.engine import Segment
     from voicebot.jobs import Runtime
+    from voicebot.recording import Segment
 
 log = structlog.get_logger(__name__)
 
@@ -62,9 +62,9 @@ def place_in_line(ahead: int, workers: int) -> int:
 
 async def slots_now(runtime: Runtime, session: AsyncSession, *, now: datetime) -> int:
     """Jobs that run at once now: the slots of the workers seen within a lease (see `places`),
-    or this process's WORKERS while none is (a bot started before its workers)."""
+    or this process's own while none is (a bot started before its workers)."""
     seen_since = now - timedelta(seconds=runtime.settings.job_lease_seconds)
-    return await running_at_once(session, seen_since=seen_since) or runtime.settings.workers
+    return await running_at_once(session, seen_since=seen_since) or runtime.settings.jobs_at_once
 
 
 def status_lock(runtime: Runtime, job_id: int) -> asyncio.Lock:

@@ -18,7 +18,6 @@ from voicebot import cache, languages, leases, texts
 from voicebot.audio import SAMPLE_RATE, decode
 from voicebot.config import Settings
 from voicebot.delivery import try_edit, with_retries
-from voicebot.engine import Transcript as EngineTranscript
 from voicebot.errors import (
     FileTooLargeError,
     FileUnavailableError,
@@ -27,6 +26,7 @@ from voicebot.errors import (
 )
 from voicebot.models import RESERVING, Job, JobStatus, Transcript, set_job, set_job_if, utcnow
 from voicebot.quotas import ROUNDING_SECONDS, charge, group_of, lock_user, standing
+from voicebot.recording import Transcript as EngineTranscript
 from voicebot.status import Progress, cancel_keyboard, status_lock
 
 if TYPE_CHECKING:

@@ -1,0 +1,218 @@
+"""Batches across recordings: each engine thread decodes up to BATCH_SIZE pieces at a time,
+drawn from every recording being transcribed.
+
+Every recording's pieces (the engine cuts a recording into windows of at most 30 s) wait here.
+A free thread takes the next batch at once, without waiting for it to fill: a lone voice note
+starts as soon as it comes, and under a burst whatever is ready when a thread frees up forms the
+next batch. Recordings are served round robin in the order they came (the job slots admit jobs
+by priority), one piece each per round, so a short note that comes while an hour-long file is
+being decoded joins the very next batch. A recording's first batch is finished before more of its
+pieces are taken: what it decides (the engine detects the language there) holds for the rest.
+
+Nothing here knows about Whisper: `run` decodes a batch, and a result is whatever it returns.
+One recording's failure, withdrawal (cancel, timeout) or bad piece never touches the others.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Generic, TypeVar
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+#: How often an idle thread looks again even when nobody woke it (a safety net, not a delay:
+#: `submit` wakes a thread at once).
+IDLE_WAKE_SECONDS = 1.0
+
+
+class Work(Generic[P, R]):
+    """One recording's pieces, their results as they come, and the future of all of them."""
+
+    def __init__(
+        self, pieces: Sequence[P], *, on_result: Callable[[Work[P, R]], None] | None = None
+    ) -> None:
+        self.pieces = tuple(pieces)
+        self.results: list[R | None] = [None] * len(self.pieces)
+        #: Called in the deciding thread after each batch that brought results for this work.
+        self.on_result = on_result
+        self.future: Future[list[R]] = Future()
+        self._next = 0  # the first piece not yet handed to a batch
+        self._done = 0
+        self._first_batch_done = False
+        self._in_flight = 0
+
+    @property
+    def finished(self) -> bool:
+        """Whether every piece has its result, or the work failed or was withdrawn."""
+        return self.future.done()
+
+    def _ready(self) -> bool:
+        return (
+            not self.finished
+            and self._next < len(self.pieces)
+            and (self._first_batch_done or self._in_flight == 0)
+        )
+
+
+Item = tuple[Work[P, R], int]
+"""One piece in a batch: its work and its index there."""
+Run = Callable[[list[Item[P, R]]], Sequence[R | Exception]]
+"""Decodes one batch: a result, or the exception that failed that item alone, per item."""
+
+
+class Batcher(Generic[P, R]):
+    """`threads` threads, each running batches of up to `size` pieces through `run`."""
+
+    def __init__(
+        self,
+        run: Run[P, R],
+        *,
+        size: int,
+        threads: int,
+        name: str = "batch",
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.run = run
+        #: Told each batch's size as it starts (a metric).
+        self.on_batch = on_batch
+        self.size = size
+        self.thread_count = threads
+        self.name = name
+        self._works: list[Work[P, R]] = []
+        self._changed = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        #: Batches run and pieces in them, since the start (their ratio: the mean batch).
+        self.batches = 0
+        self.items = 0
+
+    def submit(self, work: Work[P, R]) -> Work[P, R]:
+        """Queue `work`'s pieces behind those already here; its future completes with them."""
+        if not work.pieces:
+            work.future.set_result([])
+            return work
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            self._start_threads()
+            self._works.append(work)
+            self._changed.notify()
+        return work
+
+    def withdraw(self, work: Work[P, R], error: BaseException) -> None:
+        """Stop `work` (cancelled, timed out): no more of its pieces run, its future fails."""
+        with self._changed:
+            if work in self._works:
+                self._works.remove(work)
+            if not work.future.done():
+                work.future.set_exception(error)
+
+    def pending(self) -> int:
+        """Pieces waiting for a batch, all recordings together."""
+        with self._changed:
+            return sum(len(w.pieces) - w._next for w in self._works)
+
+    def close(self) -> None:
+        """Stop the threads after their current batch; what still waits fails."""
+        with self._changed:
+            self._closed = True
+            works, self._works = self._works, []
+            self._changed.notify_all()
+        for work in works:
+            if not work.future.done():
+                work.future.set_exception(RuntimeError("the engine was closed"))
+        for thread in self._threads:
+            thread.join()
+
+    def _start_threads(self) -> None:
+        if self._threads:
+            return
+        for number in range(self.thread_count):
+            thread = threading.Thread(target=self._loop, name=f"{self.name}-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                batch = self._take()
+                while not batch and not self._closed:
+                    self._changed.wait(IDLE_WAKE_SECONDS)
+                    batch = self._take()
+                if not batch:
+                    return
+            self._finish(batch, self._run(batch))
+
+    def _take(self) -> list[Item[P, R]]:
+        """The next batch, round robin over ready works in arrival order (under the lock)."""
+        batch: list[Item[P, R]] = []
+        ready = [work for work in self._works if work._ready()]
+        while ready and len(batch) < self.size:
+            for work in list(ready):
+                if len(batch) == self.size:
+                    break
+                batch.append((work, work._next))
+                work._next += 1
+                work._in_flight += 1
+                if work._next == len(work.pieces):
+                    ready.remove(work)
+        return batch
+
+    def _run(self, batch: list[Item[P, R]]) -> Sequence[R | Exception]:
+        with self._changed:
+            self.batches += 1
+            self.items += len(batch)
+        if self.on_batch is not None:
+            self.on_batch(len(batch))
+        try:
+            results = self.run(batch)
+        # The boundary of a thread that must outlive any one batch: whatever `run` raised fails
+        # this batch's works (and is logged), never the thread.
+        except Exception as error:
+            log.exception("batch_failed", items=len(batch))
+            return [error] * len(batch)
+        if len(results) != len(batch):
+            wrong = RuntimeError(f"{len(results)} results for a batch of {len(batch)}")
+            return [wrong] * len(batch)
+        return results
+
+    def _finish(self, batch: list[Item[P, R]], results: Sequence[R | Exception]) -> None:
+        """Record each piece's result; complete or fail its work; tell each work what came."""
+        touched: list[Work[P, R]] = []
+        completed: list[Work[P, R]] = []
+        with self._changed:
+            for (work, index), result in zip(batch, results, strict=True):
+                work._in_flight -= 1
+                work._first_batch_done = True
+                if work.finished:
+                    continue  # withdrawn or failed meanwhile: its results are dropped
+                if isinstance(result, Exception):
+                    self._works.remove(work)
+                    work.future.set_exception(result)
+                    continue
+                work.results[index] = result
+                work._done += 1
+                if work not in touched:
+                    touched.append(work)
+                if work._done == len(work.pieces):
+                    self._works.remove(work)
+                    completed.append(work)
+            self._changed.notify_all()
+        for work in touched:
+            if work.on_result is not None and not work.finished:
+                try:
+                    work.on_result(work)
+                # A progress callback's bug fails its own recording, not the thread.
+                except Exception as error:
+                    log.exception("batch_callback_failed")
+                    self.withdraw(work, error)
+        for work in completed:
+            if not work.future.done():
+                work.future.set_result([r for r in work.results if r is not None])

@@ -1,0 +1,245 @@
+"""Batched decoding: the batcher's rules, and the engine's batches on real corpus speech."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pytest
+import srt
+import webvtt
+
+from voicebot.audio import SAMPLE_RATE, decode
+from voicebot.batching import Batcher, Item, Work
+from voicebot.engine import Engine
+from voicebot.errors import (
+    CorruptAudioError,
+    NoSpeechError,
+    TranscriptionCancelledError,
+    TranscriptionTimeoutError,
+    VoicebotError,
+)
+from voicebot.formats import Format, render
+from voicebot.recording import Transcript
+
+from .media import silence
+
+#: Loud read speech and three FLEURS voices 35-45 dB quieter, taking turns.
+TURNS = (
+    "en/ljspeech_LJ001-0001.wav",
+    "en/fleurs_en-002.ogg",
+    "en/librispeech_2412-153948-0000.flac",
+    "en/fleurs_en-004.ogg",
+    "en/ljspeech_LJ001-0005.wav",
+    "en/fleurs_en-009.ogg",
+    "en/jfk.flac",
+)
+
+
+def _words(text: str) -> list[str]:
+    return "".join(c for c in text.lower() if c.isalnum() or c.isspace()).split()
+
+
+def _joined(corpus: Path, clips: Sequence[str], *, gap: float = 1.5) -> np.ndarray:
+    pause = np.zeros(int(gap * SAMPLE_RATE), dtype=np.float32)
+    parts = [decode(corpus / clip, max_seconds=600) for clip in clips]
+    return np.concatenate([x for part in parts for x in (part, pause)])
+
+
+def _together(engine: Engine, sources: Sequence[bytes | np.ndarray]) -> list[object]:
+    """Transcripts (or errors) of `sources` submitted at once: their pieces form batches from
+    the first (the batcher's lock is held until all are in)."""
+    recordings = []
+    outcomes: list[object] = [None] * len(sources)
+    for number, source in enumerate(sources):
+        try:
+            recordings.append(
+                (number, engine._recording(source, None, (), "transcribe", None, None))
+            )
+        except VoicebotError as error:
+            outcomes[number] = error
+    with engine.batcher._changed:
+        for _, recording in recordings:
+            engine.batcher.submit(recording)
+    for number, recording in recordings:
+        try:
+            outcomes[number] = engine._finished(recording, recording.future.result(120))
+        except VoicebotError as error:
+            outcomes[number] = error
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def batched(base_engine: Engine) -> Iterator[Engine]:
+    """The bundled `base` model, four pieces a batch."""
+    engine = Engine(base_engine.model, replace(base_engine.options, batch_size=4))
+    yield engine
+    engine.close()
+
+
+# The batcher alone: its run function is real code here, squaring numbers, failing on 13.
+
+
+def _square(batch: list[Item[int, int]]) -> list[int | Exception]:
+    time.sleep(0.05)
+    return [
+        ValueError("13 is bad") if work.pieces[i] == 13 else work.pieces[i] ** 2
+        for work, i in batch
+    ]
+
+
+def test_batches_take_turns_and_one_bad_piece_fails_only_its_work() -> None:
+    seen: list[list[int]] = []
+
+    def run(batch: list[Item[int, int]]) -> list[int | Exception]:
+        seen.append([work.pieces[i] for work, i in batch])
+        return _square(batch)
+
+    batcher: Batcher[int, int] = Batcher(run, size=3, threads=1)
+    long, short, bad = Work(range(100, 106)), Work([7]), Work([12, 13, 14])
+    with batcher._changed:  # all three are in before the first batch forms
+        for work in (long, short, bad):
+            batcher.submit(work)
+    assert long.future.result(5) == [n**2 for n in range(100, 106)]
+    assert short.future.result(5) == [49]
+    with pytest.raises(ValueError, match="13 is bad"):
+        bad.future.result(5)
+    batcher.close()
+    # The first batch: each work's first piece, round robin; a work's first batch ends before
+    # more of it is taken, so the next batches are the rest.
+    assert seen[0] == [100, 7, 12]
+    assert {n for batch in seen for n in batch} >= {*range(100, 106), 7, 12, 13}
+    assert all(len(batch) <= 3 for batch in seen)
+
+
+def test_a_lone_work_starts_at_once_and_a_withdrawn_one_stops() -> None:
+    batcher: Batcher[int, int] = Batcher(_square, size=8, threads=1)
+    started = time.monotonic()
+    lone = batcher.submit(Work([3]))
+    assert lone.future.result(5) == [9]
+    assert time.monotonic() - started < 1.0  # no waiting for a batch to fill
+    endless = batcher.submit(Work(range(20, 2000)))
+    time.sleep(0.2)
+    batcher.withdraw(endless, TranscriptionCancelledError("stop"))
+    with pytest.raises(TranscriptionCancelledError):
+        endless.future.result(1)
+    assert batcher.pending() == 0
+    batcher.close()
+
+
+# The engine: real speech, the bundled models.
+
+
+def test_a_batch_of_good_bad_cancelled_and_late_recordings_each_gets_its_own_answer(
+    batched: Engine, corpus: Path
+) -> None:
+    good = [corpus / "en" / "jfk.flac", corpus / "de" / "fleurs_de-001.ogg"]
+    long = _joined(corpus, TURNS)
+    cancel = threading.Event()
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = {
+            "good": [pool.submit(batched.transcribe, path) for path in good],
+            "damaged": pool.submit(batched.transcribe, b"OggS" + bytes(range(256)) * 40),
+            "silent": pool.submit(batched.transcribe, silence(8.0)),
+            "cancelled": pool.submit(batched.transcribe, long, cancel=cancel),
+            "late": pool.submit(batched.transcribe, long, deadline=time.monotonic() + 1.0),
+        }
+        time.sleep(0.5)
+        cancelled_at = time.monotonic()
+        cancel.set()
+        with pytest.raises(TranscriptionCancelledError):
+            outcomes["cancelled"].result(60)
+        assert time.monotonic() - cancelled_at < 2.0
+        with pytest.raises(TranscriptionTimeoutError):
+            outcomes["late"].result(60)
+        with pytest.raises(CorruptAudioError):
+            outcomes["damaged"].result(60)
+        with pytest.raises(NoSpeechError):
+            outcomes["silent"].result(60)
+        first, second = (future.result(60) for future in outcomes["good"])
+    assert "ask not what your country can do for you" in " ".join(_words(first.text))
+    assert second.language == "de"
+    # Alone, each good one says the same, to the word.
+    assert first.text == batched.transcribe(good[0]).text
+    assert second.text == batched.transcribe(good[1]).text
+
+
+def test_mixed_languages_in_one_batch(
+    batched: Engine, corpus: Path, references: dict[str, dict[str, str]]
+) -> None:
+    clips = [
+        "en/librispeech_61-70968-0000.flac",
+        "de/fleurs_de-004.ogg",
+        "es/fleurs_es-002.ogg",
+        "ru/deepspeech_ru.wav",
+    ]
+    before = batched.batcher.batches
+    outcomes = _together(batched, [(corpus / clip).read_bytes() for clip in clips])
+    assert batched.batcher.batches - before == 1  # all four decoded in one batch
+    for clip, outcome in zip(clips, outcomes, strict=True):
+        assert isinstance(outcome, Transcript), outcome
+        assert outcome.language == references[clip]["language"]
+        reference = " ".join(_words(references[clip]["reference_transcript"]))
+        assert jiwer.wer(reference, " ".join(_words(outcome.text))) < 0.35, (clip, outcome.text)
+
+
+def test_a_long_recording_keeps_the_quiet_speakers_next_to_the_loud_ones(
+    batched: Engine, corpus: Path, references: dict[str, dict[str, str]]
+) -> None:
+    """Every sentence of both, the quiet ones 35-45 dB below the loud ones, is in the
+    transcript (stock faster-whisper drops quiet sentences whole here)."""
+    transcript = batched.transcribe(_joined(corpus, TURNS))
+    heard = set(_words(transcript.text))
+    for clip in TURNS:
+        said = _words(references[clip]["reference_transcript"])
+        found = sum(word in heard for word in said) / len(said)
+        assert found >= 0.7, (clip, transcript.text)
+
+
+def test_a_long_recording_on_the_batched_path(
+    tiny_engine: Engine, corpus: Path, references: dict[str, dict[str, str]]
+) -> None:
+    """Progress and the text so far come batch by batch; text, SRT and VTT are well formed;
+    a cancel stops it within 2 s."""
+    engine = Engine(tiny_engine.model, replace(tiny_engine.options, batch_size=2))
+    clips = [c for c in references if c.startswith("en/") and "fleurs" not in c][:12]
+    audio = _joined(corpus, clips * 2)
+    assert len(audio) / SAMPLE_RATE > 150  # at least five pieces: three batches or more
+    progress: list[float] = []
+    said: list[str] = []
+    try:
+        transcript = engine.transcribe(
+            audio,
+            progress=lambda done, total: progress.append(done),
+            on_segment=lambda segment: said.append(segment.text),
+        )
+        assert len(progress) >= 3
+        assert progress == sorted(progress)
+        assert progress[-1] == transcript.duration
+        assert " ".join(s.strip() for s in said) == transcript.text
+        starts = [s.start for s in transcript.segments]
+        assert starts == sorted(starts)
+        assert all(0 <= s.start <= s.end <= transcript.duration + 0.01 for s in transcript.segments)
+        assert len(list(srt.parse(render(transcript, Format.srt)))) == len(transcript.segments)
+        assert len(webvtt.from_string(render(transcript, Format.vtt))) == len(transcript.segments)
+        assert "ask not what your country can do for you" in " ".join(_words(transcript.text))
+
+        cancel = threading.Event()
+        stopped: list[float] = []
+
+        def on_progress(done: float, total: float) -> None:
+            stopped.append(time.monotonic())
+            cancel.set()
+
+        with pytest.raises(TranscriptionCancelledError):
+            engine.transcribe(audio, progress=on_progress, cancel=cancel)
+        assert time.monotonic() - stopped[0] < 2.0
+        assert engine.batcher.pending() == 0
+    finally:
+        engine.close()
