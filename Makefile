@@ -76,6 +76,7 @@ locales: sync
 
 bench: sync
 	$(UV) run python benchmarks/engine.py
+	$(UV) run python benchmarks/batching.py
 	$(UV) run python benchmarks/ingest.py
 	$(UV) run python benchmarks/ingest.py --backlog 0 --burst 500 --users 100 --rate 250 \
 		--default-limits --no-transcription --output bench-results/admission.md
