@@ -20,16 +20,13 @@ from typing import Any
 import numpy as np
 import structlog
 
-from voicebot import pieces
+from voicebot import languages, pieces
 from voicebot.audio import SAMPLE_RATE, Audio, decode
-from voicebot.batching import Batcher, Item, Work
+from voicebot.batching import Batcher, Item
 from voicebot.config import Settings
 from voicebot.errors import (
-    ConfigError,
     ModelUnavailableError,
     NoSpeechError,
-    TranscriptionCancelledError,
-    TranscriptionTimeoutError,
 )
 from voicebot.pieces import Piece
 from voicebot.recording import (
@@ -40,8 +37,11 @@ from voicebot.recording import (
     SegmentCallback,
     Task,
     Transcript,
+    best_of,
+    cancelled,
     needs_fallback,
     silent,
+    timed_out,
 )
 from voicebot.weights import resolve_model
 
@@ -50,6 +50,13 @@ log = structlog.get_logger(__name__)
 #: A recording longer than a window is cut at pauses of at least this long (a voice note keeps
 #: faster-whisper's default, 2 s, so it is decoded as before batching).
 LONG_PAUSE_MS = 160
+#: Feature frames (100 a second) one decoder call takes on a CPU at beam DEFAULT_BEAM, all its
+#: items' windows together: two whole windows, four of 15 s. The decoder keeps the encoder's
+#: output for every beam of every item, about 95 MB a whole window at beam 5 with `base`. Peak
+#: memory of one process at BATCH_SIZE=8 (a burst of 16 notes, then a 223-s recording): 1109 MB
+#: unbounded, 646 MB at three whole windows, 568 MB at two.
+CALL_FRAMES = 2 * 3000
+DEFAULT_BEAM = 5
 #: Encoder windows are whole multiples of this (see `Engine._window`).
 WINDOW_STEP_SECONDS = 5
 #: How often a waiting transcription looks at its cancel event and deadline.
@@ -122,9 +129,9 @@ class Engine:
         )
         while True:
             if cancel is not None and cancel.is_set():
-                self.batcher.withdraw(recording, _cancelled())
+                self.batcher.withdraw(recording, cancelled())
             elif deadline is not None and time.monotonic() > deadline:
-                self.batcher.withdraw(recording, _timed_out())
+                self.batcher.withdraw(recording, timed_out())
             try:
                 return self._finished(recording, recording.future.result(WAIT_STEP_SECONDS))
             except TimeoutError:
@@ -152,11 +159,11 @@ class Engine:
         try:
             decoded = await asyncio.wait_for(asyncio.wrap_future(recording.future), time_limit)
         except asyncio.CancelledError:
-            self.batcher.withdraw(recording, _cancelled())
+            self.batcher.withdraw(recording, cancelled())
             raise
         except TimeoutError as error:
-            self.batcher.withdraw(recording, _timed_out())
-            raise _timed_out() from error
+            self.batcher.withdraw(recording, timed_out())
+            raise timed_out() from error
         return self._finished(recording, decoded)
 
     def _recording(
@@ -264,7 +271,7 @@ class Engine:
     def _decode_together(
         self, batch: list[Item[Piece, tuple[Segment, ...]]]
     ) -> list[tuple[Segment, ...]]:
-        recordings = [_as_recording(work) for work, _ in batch]
+        recordings = [Recording.of(work) for work, _ in batch]
         decoded = self._decode_pieces(recordings, [work.pieces[index] for work, index in batch])
         return [tuple(segments) for segments in decoded]
 
@@ -276,18 +283,25 @@ class Engine:
         windows = [self._window(features.shape[-1]) for features in computed]
         decoded: list[list[Segment]] = [[] for _ in cut]
         for window in dict.fromkeys(windows):
-            same = [i for i, w in enumerate(windows) if w == window]
-            for i, segments in zip(
-                same,
-                self._decode_window(
-                    [recordings[i] for i in same],
-                    [cut[i] for i in same],
-                    [computed[i] for i in same],
-                    window,
-                ),
-                strict=True,
-            ):
-                decoded[i] = segments
+            alike = [i for i, w in enumerate(windows) if w == window]
+            # The decoder's memory grows with items x window x beam: on a CPU at most
+            # CALL_FRAMES of windows per call (a GPU has room for the whole batch).
+            per_call = max(1, CALL_FRAMES * DEFAULT_BEAM // (window * self.options.beam_size))
+            if self.model.model.device != "cpu":
+                per_call = len(alike)
+            for start in range(0, len(alike), per_call):
+                same = alike[start : start + per_call]
+                for i, segments in zip(
+                    same,
+                    self._decode_window(
+                        [recordings[i] for i in same],
+                        [cut[i] for i in same],
+                        [computed[i] for i in same],
+                        window,
+                    ),
+                    strict=True,
+                ):
+                    decoded[i] = segments
         return decoded
 
     def _window(self, frames: int) -> int:
@@ -315,7 +329,7 @@ class Engine:
 
         model = self.model
         features = np.stack([pad_or_trim(f, window) for f in computed])
-        encoder_output = model.encode(features)
+        encoder_output = self._encode(features)
         self._decide_languages(recordings, encoder_output)
         tokenizers = [self._tokenizer(r.language, r.task) for r in recordings]
         options = _stock_options(tokenizers[0], beam_size=self.options.beam_size)
@@ -336,8 +350,8 @@ class Engine:
             )
             decoded[i] = [
                 Segment(
-                    self._original(piece.offset + part.start, recordings[i]),
-                    self._original(piece.offset + part.end, recordings[i], end=True),
+                    recordings[i].original(piece.offset + part.start),
+                    recordings[i].original(piece.offset + part.end, end=True),
                     tokenizer.decode(part.tokens),
                 )
                 for part in said
@@ -356,8 +370,6 @@ class Engine:
     ) -> list[Attempt]:
         """faster-whisper's fallback, batched: every item at temperature 0 (beam search), then
         those too repetitive or too unsure again at each higher temperature (sampling)."""
-        from faster_whisper.transcribe import get_compression_ratio
-
         model = self.model
         prompts = [model.get_prompt(t, previous_tokens=[]) for t in tokenizers]
         chosen: dict[int, Attempt] = {}
@@ -365,21 +377,13 @@ class Engine:
         waiting = list(range(len(tokenizers)))
         for temperature in options.temperatures:
             if len(waiting) < len(tokenizers):
-                encoder_output = model.encode(features[waiting])
+                encoder_output = self._encode(features[waiting])
             generated = self._generate(
                 encoder_output, [prompts[i] for i in waiting], options, temperature
             )
             still: list[int] = []
             for i, result in zip(waiting, generated, strict=True):
-                tokens = result.sequences_ids[0]
-                attempt = Attempt(
-                    tokens=tokens,
-                    avg_logprob=result.scores[0]
-                    * len(tokens) ** options.length_penalty
-                    / (len(tokens) + 1),
-                    no_speech_prob=result.no_speech_prob,
-                    compression_ratio=get_compression_ratio(tokenizers[i].decode(tokens).strip()),
-                )
+                attempt = Attempt.of(result, tokenizers[i], options)
                 tried[i].append(attempt)
                 if needs_fallback(attempt, options):
                     still.append(i)
@@ -389,12 +393,20 @@ class Engine:
             if not waiting:
                 break
         for i in waiting:
-            # Every temperature failed: the likeliest of the results that were not repetitive.
-            kept = [
-                a for a in tried[i] if a.compression_ratio <= options.compression_ratio_threshold
-            ]
-            chosen[i] = max(kept or tried[i], key=lambda a: a.avg_logprob)
+            chosen[i] = best_of(tried[i], options)
         return [chosen[i] for i in range(len(tokenizers))]
+
+    def _encode(self, features: Any) -> Any:
+        """The encoder's output for a batch of windows. On a CPU one window at a time: the
+        encoder gains nothing from a batch there (its matrices are big enough alone), and its
+        attention takes about 95 MB a whole window while it runs."""
+        model = self.model
+        if model.model.device != "cpu" or len(features) == 1:
+            return model.encode(features)
+        import ctranslate2
+
+        alone = [np.asarray(model.encode(features[i : i + 1])) for i in range(len(features))]
+        return ctranslate2.StorageView.from_array(np.concatenate(alone))
 
     def _features(self, piece: Piece) -> Any:
         """The piece's log-mel features, exactly as faster-whisper computes a window's."""
@@ -409,13 +421,10 @@ class Engine:
             return
         detected = self.model.model.detect_language(encoder_output)
         for recording in undecided.values():
-            pooled: dict[str, float] = {}
-            items = [d for r, d in zip(recordings, detected, strict=True) if r is recording]
-            for probabilities in items:
-                for token, probability in probabilities:
-                    pooled[token] = pooled.get(token, 0.0) + probability / len(items)
-            ranked = sorted(pooled.items(), key=lambda pair: -pair[1])
-            recording.language, recording.probability = _pick_language(ranked, recording.allowed)
+            mine = [d for r, d in zip(recordings, detected, strict=True) if r is recording]
+            recording.language, recording.probability = languages.most_likely(
+                mine, recording.allowed
+            )
 
     def _tokenizer(self, language: str | None, task: Task) -> Any:
         return _tokenizer(self.model.hf_tokenizer, self.multilingual, task, language)
@@ -449,43 +458,12 @@ class Engine:
             **search,
         )
 
-    @staticmethod
-    def _original(moment: float, recording: Recording, *, end: bool = False) -> float:
-        """A time on the speech timeline as a time in the recording."""
-        if recording.timeline is None:
-            return round(moment, 2)
-        return float(recording.timeline.get_original_time(moment, is_end=end))
-
-
-def _cancelled() -> TranscriptionCancelledError:
-    return TranscriptionCancelledError("The transcription was cancelled.")
-
-
-def _timed_out() -> TranscriptionTimeoutError:
-    return TranscriptionTimeoutError("The transcription took too long and was stopped.")
-
-
-def _as_recording(work: Work[Piece, tuple[Segment, ...]]) -> Recording:
-    assert isinstance(work, Recording), "the engine submits recordings only"
-    return work
-
 
 @cache
 def _tokenizer(hf_tokenizer: Any, multilingual: bool, task: str, language: str | None) -> Any:
     from faster_whisper.tokenizer import Tokenizer
 
     return Tokenizer(hf_tokenizer, multilingual, task=task, language=language)
-
-
-def _pick_language(
-    probabilities: Sequence[tuple[str, float]], allowed: tuple[str, ...]
-) -> tuple[str, float]:
-    """Most likely language, among `allowed` when that is not empty."""
-    for token, probability in probabilities:
-        code = token[2:-2]  # "<|en|>" -> "en"
-        if not allowed or code in allowed:
-            return code, probability
-    raise ConfigError(f"none of WHISPER_ALLOWED_LANGUAGES={','.join(allowed)} is a known language")
 
 
 def _stock_options(tokenizer: Any, *, beam_size: int) -> Any:

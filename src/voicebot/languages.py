@@ -8,10 +8,12 @@ WHISPER_ALLOWED_LANGUAGES. Codes are Whisper's (faster_whisper.tokenizer).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
 from voicebot.config import Settings
+from voicebot.errors import ConfigError
 
 AUTO = "auto"
 #: The most used languages, offered as buttons by /language (any Whisper code can be typed).
@@ -125,3 +127,19 @@ def name(code: str) -> str:
     """A language's own name with its code ("Deutsch (de)"), or the code alone."""
     known = NAMES.get(code)
     return f"{known} ({code})" if known else code
+
+
+def most_likely(
+    detected: Sequence[Sequence[tuple[str, float]]], allowed: Sequence[str]
+) -> tuple[str, float]:
+    """The likeliest language of a recording, among `allowed` when that is not empty, from
+    Whisper's detection on one or more of its windows (their probabilities averaged)."""
+    pooled: dict[str, float] = {}
+    for probabilities in detected:
+        for token, probability in probabilities:
+            pooled[token] = pooled.get(token, 0.0) + probability / len(detected)
+    for token, probability in sorted(pooled.items(), key=lambda pair: -pair[1]):
+        code = token[2:-2]  # "<|en|>" -> "en"
+        if not allowed or code in allowed:
+            return code, probability
+    raise ConfigError(f"none of WHISPER_ALLOWED_LANGUAGES={','.join(allowed)} is a known language")

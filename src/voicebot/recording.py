@@ -8,11 +8,13 @@ language and task they are decoded in, and the callbacks that pass on its text a
 from __future__ import annotations
 
 import threading
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from voicebot.batching import Work
+from voicebot.errors import TranscriptionCancelledError, TranscriptionTimeoutError
 from voicebot.pieces import Piece
 
 Task = Literal["transcribe", "translate"]
@@ -73,6 +75,18 @@ class Recording(Work[Piece, tuple[Segment, ...]]):
         self._reported = 0
         self._report_lock = threading.Lock()
 
+    @staticmethod
+    def of(work: Work[Piece, tuple[Segment, ...]]) -> Recording:
+        """`work` as the recording it is (the engine submits nothing else)."""
+        assert isinstance(work, Recording), "the engine submits recordings only"
+        return work
+
+    def original(self, moment: float, *, end: bool = False) -> float:
+        """A time on the speech timeline (pauses left out) as a time in the recording."""
+        if self.timeline is None:
+            return round(moment, 2)
+        return float(self.timeline.get_original_time(moment, is_end=end))
+
     def report(self) -> None:
         """Pass on the segments of the pieces decoded so far, in order (from a batch thread)."""
         with self._report_lock:
@@ -97,6 +111,19 @@ class Attempt:
     no_speech_prob: float
     compression_ratio: float
 
+    @staticmethod
+    def of(result: Any, tokenizer: Any, options: Any) -> Attempt:
+        """A CTranslate2 result's first hypothesis, scored as faster-whisper scores it."""
+        tokens = result.sequences_ids[0]
+        logprob = result.scores[0] * len(tokens) ** options.length_penalty / (len(tokens) + 1)
+        text = tokenizer.decode(tokens).strip().encode("utf-8")
+        return Attempt(
+            tokens=tokens,
+            avg_logprob=logprob,
+            no_speech_prob=result.no_speech_prob,
+            compression_ratio=len(text) / len(zlib.compress(text)),
+        )
+
 
 def needs_fallback(attempt: Attempt, options: Any) -> bool:
     """faster-whisper's rule: too repetitive or too unsure, unless it is silence."""
@@ -113,3 +140,19 @@ def silent(attempt: Attempt, options: Any) -> bool:
     return attempt.no_speech_prob > float(
         options.no_speech_threshold
     ) and attempt.avg_logprob <= float(options.log_prob_threshold)
+
+
+def best_of(tried: list[Attempt], options: Any) -> Attempt:
+    """When every temperature failed: the likeliest of the results that were not repetitive."""
+    kept = [a for a in tried if a.compression_ratio <= float(options.compression_ratio_threshold)]
+    return max(kept or tried, key=lambda a: a.avg_logprob)
+
+
+def cancelled() -> TranscriptionCancelledError:
+    """The error a cancelled transcription ends with."""
+    return TranscriptionCancelledError("The transcription was cancelled.")
+
+
+def timed_out() -> TranscriptionTimeoutError:
+    """The error a transcription past its time ends with."""
+    return TranscriptionTimeoutError("The transcription took too long and was stopped.")
