@@ -282,6 +282,8 @@ class Engine:
         computed = [self._features(piece) for piece in cut]
         windows = [self._window(features.shape[-1]) for features in computed]
         decoded: list[list[Segment]] = [[] for _ in cut]
+        again: list[int] = []
+        rest: list[Piece] = []
         for window in dict.fromkeys(windows):
             alike = [i for i, w in enumerate(windows) if w == window]
             # The decoder's memory grows with items x window x beam: on a CPU at most
@@ -291,7 +293,7 @@ class Engine:
                 per_call = len(alike)
             for start in range(0, len(alike), per_call):
                 same = alike[start : start + per_call]
-                for i, segments in zip(
+                for i, (segments, resume) in zip(
                     same,
                     self._decode_window(
                         [recordings[i] for i in same],
@@ -302,6 +304,13 @@ class Engine:
                     strict=True,
                 ):
                     decoded[i] = segments
+                    if resume is not None:
+                        again.append(i)
+                        rest.append(cut[i].after(resume))
+        if again:  # the rests of every piece of this batch together
+            more = self._decode_pieces([recordings[i] for i in again], rest)
+            for i, segments in zip(again, more, strict=True):
+                decoded[i].extend(segments)
         return decoded
 
     def _window(self, frames: int) -> int:
@@ -324,7 +333,9 @@ class Engine:
 
     def _decode_window(
         self, recordings: list[Recording], cut: list[Piece], computed: list[Any], window: int
-    ) -> list[list[Segment]]:
+    ) -> list[tuple[list[Segment], float | None]]:
+        """Pieces of one window size in one call: each one's segments, and where to decode
+        the rest of it from when its window stopped early."""
         from faster_whisper.audio import pad_or_trim
 
         model = self.model
@@ -335,11 +346,10 @@ class Engine:
         options = _stock_options(tokenizers[0], beam_size=self.options.beam_size)
         chosen = self._generate_with_fallback(encoder_output, features, tokenizers, options)
 
-        decoded: list[list[Segment]] = [[] for _ in cut]
-        again: list[int] = []
-        rest: list[Piece] = []
+        decoded: list[tuple[list[Segment], float | None]] = []
         for i, attempt in enumerate(chosen):
             if silent(attempt, options):
+                decoded.append(([], None))
                 continue
             piece, tokenizer = cut[i], tokenizers[i]
             said, resume = pieces.split(
@@ -348,7 +358,7 @@ class Engine:
                 precision=model.time_precision,
                 duration=piece.duration,
             )
-            decoded[i] = [
+            segments = [
                 Segment(
                     recordings[i].original(piece.offset + part.start),
                     recordings[i].original(piece.offset + part.end, end=True),
@@ -356,13 +366,7 @@ class Engine:
                 )
                 for part in said
             ]
-            if resume is not None:
-                again.append(i)
-                rest.append(piece.after(resume))
-        if again:
-            more = self._decode_pieces([recordings[i] for i in again], rest)
-            for i, segments in zip(again, more, strict=True):
-                decoded[i].extend(segments)
+            decoded.append((segments, resume))
         return decoded
 
     def _generate_with_fallback(
