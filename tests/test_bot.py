@@ -168,6 +168,11 @@ async def test_sigkill_mid_job_then_restart_gives_exactly_one_transcript(
 ) -> None:
     speech = long_speech(corpus)
     database = bot_database(database_url)
+    if database:
+        # On PostgreSQL the next process takes the killed one's job back once its lease expires
+        # (SQLite: at start, being the only process on its file): a short lease, as in
+        # test_scale, rather than the default minute. (Found by a helper timing CI.)
+        database["JOB_LEASE_SECONDS"] = "6"
     first = BotProcess(api, tmp_path, model_cache, **database)
     await first.start()
     sent = api.send_voice(USER, encode_audio(speech), duration=int(len(speech) / 16000))

@@ -40,7 +40,7 @@ class Work(Generic[P, R]):
     ) -> None:
         self.pieces = tuple(pieces)
         self.results: list[R | None] = [None] * len(self.pieces)
-        #: Called in the deciding thread after each batch that brought results for this work.
+        #: Called in the batch thread after each batch that brought results for this work.
         self.on_result = on_result
         self.future: Future[list[R]] = Future()
         self._next = 0  # the first piece not yet handed to a batch
@@ -213,6 +213,7 @@ class Batcher(Generic[P, R]):
                 except Exception as error:
                     log.exception("batch_callback_failed")
                     self.withdraw(work, error)
-        for work in completed:
-            if not work.future.done():
-                work.future.set_result([r for r in work.results if r is not None])
+        with self._changed:  # under the lock: a withdrawal may be deciding at the same moment
+            for work in completed:
+                if not work.future.done():
+                    work.future.set_result([r for r in work.results if r is not None])
