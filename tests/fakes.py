@@ -548,6 +548,8 @@ class FakeBotAPI:
     async def _download(self, request: web.Request) -> web.Response:
         path = request.match_info["path"]
         self.calls.append(Call("downloadFile", {"file_path": path}, time.monotonic()))
+        if (gate := self._held.get("downloadfile")) is not None:
+            await gate.wait()
         if request.match_info["token"] != self.token:
             return _error_response(ApiError(401, "Unauthorized"))
         entry = self._files.get(self._by_path.get(path, ""))

@@ -218,7 +218,8 @@ async def test_a_worker_stopped_gracefully_gives_its_jobs_back(
     worker answers each once."""
     queues = {"LONG_QUEUE": "true", "LONG_AUDIO_SECONDS": "20"}
     bot = cluster("bot", **queues)
-    worker = cluster("worker", WORKERS="1", SHUTDOWN_GRACE_SECONDS="0", **queues)
+    # One job at a time (no batch): the second waits for the slot the first holds.
+    worker = cluster("worker", WORKERS="1", BATCH_SIZE="1", SHUTDOWN_GRACE_SECONDS="0", **queues)
     for process in (bot, worker):
         await process.start()
     # Declared 30 s: the long queue (only the declared duration routes), a short clip in fact.
