@@ -11,6 +11,10 @@ from pathlib import Path
 
 from .fakes import FakeBotAPI
 
+#: Every bot process started in the current test; `tests/conftest.py` kills those still running
+#: when the test ends (a test that failed before it stopped them), so none outlives its test.
+STARTED: list[asyncio.subprocess.Process] = []
+
 
 def bot_database(database_url: str) -> dict[str, str]:
     """The bot's environment for the `database_url` fixture's database: nothing for SQLite
@@ -64,6 +68,7 @@ class BotProcess:
                 stdout=log,
                 stderr=log,
             )
+        STARTED.append(self.process)
         if not wait:
             return
         if self.role == "worker":

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from voicebot.config import Settings
 from voicebot.engine import Engine, build_engine
 
+from . import botproc
 from .fakes import FakeBotAPI
 from .servers import PostgresServer, RabbitServer, RedisServer, running
 
@@ -53,6 +56,18 @@ def tiny_engine(model_cache: Path) -> Iterator[Engine]:
     engine = build_engine(Settings(whisper_model="tiny.en", model_cache_dir=model_cache))
     yield engine
     engine.close()
+
+
+@pytest.fixture(autouse=True)
+def no_bot_left() -> Iterator[None]:
+    """Kill the bot processes a test left running (it failed before stopping them): a leftover
+    would go on polling and taking CPU from the tests after it, for as long as the machine runs."""
+    yield
+    for process in botproc.STARTED:
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+    botproc.STARTED.clear()
 
 
 @pytest.fixture
