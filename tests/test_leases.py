@@ -222,7 +222,8 @@ async def test_release_all_frees_unfinished_jobs_only(sessions: Sessions) -> Non
 async def test_stale_jobs_are_expired_leases_and_old_unclaimed_jobs(sessions: Sessions) -> None:
     """The sweeper's query: unfinished jobs whose lease expired, those recorded over a lease ago
     that no worker claimed and no broker holds, and those a broker has held unclaimed for ten
-    leases; not live leases, new jobs, jobs waiting in a broker, or finished ones."""
+    leases, and a cancelled job whose worker died before it showed "Cancelled"; not live
+    leases, new jobs, jobs waiting in a broker, or finished ones (cancelled ones told)."""
     now = utcnow()
     past, future = now - timedelta(seconds=1), now + timedelta(seconds=30)
     expired = await add_job(sessions, status=JobStatus.running, claimed_by=A, lease_until=past)
@@ -233,7 +234,13 @@ async def test_stale_jobs_are_expired_leases_and_old_unclaimed_jobs(sessions: Se
     await add_job(sessions, age=5)  # just recorded: its publish is on its way
     await add_job(sessions, age=LEASE + 5, claimed_by=A, lease_until=future)  # live
     await add_job(sessions, status=JobStatus.done, claimed_by=A, lease_until=past)
-    await add_job(sessions, status=JobStatus.cancelled, age=LEASE + 5)
+    await add_job(sessions, status=JobStatus.cancelled, age=LEASE + 5, told_at=now)
+    # Cancelled while its worker died: nobody has shown "Cancelled" yet.
+    cancelled_untold = await add_job(
+        sessions, status=JobStatus.cancelled, claimed_by=A, lease_until=past
+    )
+    await add_job(sessions, status=JobStatus.cancelled, claimed_by=A, lease_until=past, told_at=now)
+    await add_job(sessions, status=JobStatus.cancelled, claimed_by=A, lease_until=future)
     # In RabbitMQ: waiting its turn there, however old; or held unclaimed for too long.
     long_ago = now - timedelta(seconds=LEASE * 11)
     await add_job(sessions, age=LEASE * 20, published_priority=5, published_at=now)
@@ -251,6 +258,7 @@ async def test_stale_jobs_are_expired_leases_and_old_unclaimed_jobs(sessions: Se
         (expired, True),
         (expired_transcribed, True),
         (lost_publish, False),
+        (cancelled_untold, True),
         (lost_message, False),
     ]
 
@@ -317,6 +325,42 @@ async def test_the_sweeper_queues_again_what_no_worker_holds(
     assert await leases.sweep(runtime) == 1
     assert runtime.kicked == [expired, lost_publish, lost_publish]
     assert await lease_of(sessions, expired) == (None, None)
+
+
+async def test_a_job_cancelled_while_its_worker_died_is_told_once(
+    api: FakeBotAPI, bot: Bot, sessions: Sessions, tiny_engine: Engine, tmp_path: Path
+) -> None:
+    """A /forget (or a press in another process) cancelled A's running job, and A died before
+    it showed "Cancelled": once A's lease expires the sweeper queues the job again, and run
+    again it only shows "Cancelled", once; a later sweep leaves it alone."""
+    runtime = runtime_for(bot, sessions, tiny_engine, tmp_path, job_lease_seconds=LEASE)
+    status_message = await bot.send_message(USER, texts.TRANSCRIBING)
+    job_id = await add_job(
+        sessions,
+        status=JobStatus.cancelled,
+        claimed_by=A,
+        lease_until=utcnow() + timedelta(hours=1),
+        status_message_id=status_message.message_id,
+    )
+    assert await leases.sweep(runtime) == 0  # A may be alive: its lease decides
+    async with sessions() as session:
+        await set_job(session, job_id=job_id, lease_until=utcnow() - timedelta(seconds=1))
+        await session.commit()
+    assert await leases.sweep(runtime) == 1
+    assert runtime.kicked == [job_id]
+    mark = len(api.calls)
+    await transcribe_job(job_id, runtime)
+    edits = [c for c in api.calls[mark:] if c.method == "editMessageText"]
+    assert [(e.params["message_id"], e.params["text"]) for e in edits] == [
+        (status_message.message_id, texts.CANCELLED)
+    ]
+    assert not [c for c in api.calls[mark:] if c.method in ("sendMessage", "getFile")]
+    async with sessions() as session:
+        job = await session.get(Job, job_id)
+        assert job is not None
+        assert (job.status, job.told_at is not None) == (JobStatus.cancelled, True)
+    assert await leases.sweep(runtime) == 0
+    assert runtime.kicked == [job_id]
 
 
 async def transcribed_job(sessions: Sessions, bot: Bot, **values: object) -> int:

@@ -25,7 +25,8 @@ shutdown), leaving out the jobs this process has in hand. With the embedded brok
 has every job it was given in hand while it waits for a slot; RabbitMQ's jobs are marked in
 `jobs.published_priority` (see `broker`), and free jobs it holds that have waited
 PRIORITY_MAX_WAIT_SECONDS are published again at premium priority. Publishing one twice is
-harmless: the claim decides.
+harmless: the claim decides. A job cancelled elsewhere (a press, /forget) while its worker died
+is published again the same way, and run again it only shows "Cancelled".
 
 Ownership is `claimed_by` alone: a worker whose lease expired but that nobody took still holds
 the job (its writes and its heartbeat go through); expiry only lets another worker take it.
@@ -56,7 +57,7 @@ from voicebot import cancels, places, texts
 from voicebot.broker import starving
 from voicebot.config import Settings
 from voicebot.errors import JobCancelledError, LeaseLostError
-from voicebot.models import ACTIVE, Job, utcnow
+from voicebot.models import ACTIVE, Job, untold, utcnow
 
 if TYPE_CHECKING:
     from voicebot.jobs import Runtime
@@ -141,13 +142,13 @@ async def release_all(session: AsyncSession) -> int:
 
 
 async def release_expired(session: AsyncSession, *, job_ids: list[int], now: datetime) -> list[int]:
-    """Free the leases among `job_ids` that expired by `now` (their worker died or stalled:
-    its later writes are refused); the ids freed."""
+    """Free the leases of the untold jobs among `job_ids` that expired by `now` (their worker
+    died or stalled: its later writes are refused); the ids freed."""
     if not job_ids:
         return []
     freed = await session.execute(
         update(Job)
-        .where(Job.id.in_(job_ids), Job.status.in_(ACTIVE), Job.lease_until < now)
+        .where(Job.id.in_(job_ids), untold(), Job.lease_until < now)
         # Not in any broker until the publish that follows says so: if that publish fails,
         # the next sweep finds the job unclaimed and unpublished.
         .values(claimed_by=None, lease_until=None, published_priority=None)
@@ -170,14 +171,18 @@ async def why_refused(
 async def stale_jobs(
     session: AsyncSession, *, now: datetime, unclaimed_before: datetime, published_before: datetime
 ) -> list[tuple[int, bool]]:
-    """Unfinished jobs no worker holds, oldest first, with whether a lease of theirs expired:
-    expired leases, jobs unclaimed in no durable broker recorded before `unclaimed_before`, and
-    jobs a durable broker has held unclaimed since before `published_before` (see `broker`)."""
-    # Unfinished jobs are few, and `ix_jobs_status` finds them: the rest is a filter on those.
+    """Untold jobs (`models.untold`) no worker holds, oldest first, with whether a lease of
+    theirs expired: expired leases, jobs unclaimed in no durable broker recorded before
+    `unclaimed_before`, and jobs a durable broker has held unclaimed since before
+    `published_before` (see `broker`)."""
+    # A cancelled job counts until its "Cancelled" is shown: the worker that would show it may
+    # have died mid-job (a /forget or a press in another process cancelled it), and run again
+    # the job only tells it (`jobs._job`). `ix_jobs_status` finds the candidates; `told_at` and
+    # the rest are filters on those.
     found = await session.execute(
         select(Job.id, Job.claimed_by.is_not(None))
         .where(
-            Job.status.in_(ACTIVE),
+            untold(),
             or_(
                 Job.lease_until < now,
                 and_(

@@ -33,6 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 
 def utcnow() -> datetime:
@@ -433,18 +434,23 @@ async def existing_jobs(
     return {(chat_id, message_id) for chat_id, message_id in found}
 
 
+def untold() -> ColumnElement[bool]:
+    """The jobs whose user has not seen their end: the unfinished ones, and the cancelled ones
+    whose "Cancelled" is still to be shown (the process that cancelled them, or the one running
+    them, was stopped before it told)."""
+    return or_(
+        Job.status.in_(ACTIVE),
+        and_(Job.status == JobStatus.cancelled, Job.told_at.is_(None)),
+    )
+
+
 async def untold_job_ids(session: AsyncSession, *, unpublished_only: bool = False) -> list[int]:
-    """Jobs whose user has not seen their end, oldest first: the unfinished ones, and the
-    cancelled ones whose "Cancelled" is still to be shown (the process that cancelled them,
-    or the one running them, was stopped before it told); `unpublished_only`: of those, the
-    ones no durable broker holds."""
+    """The `untold` jobs, oldest first; `unpublished_only`: of those, the ones no durable
+    broker holds."""
     found = await session.execute(
         select(Job.id)
         .where(
-            or_(
-                Job.status.in_(ACTIVE),
-                and_(Job.status == JobStatus.cancelled, Job.told_at.is_(None)),
-            ),
+            untold(),
             *((Job.published_priority.is_(None),) if unpublished_only else ()),
         )
         .order_by(Job.id)
