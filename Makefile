@@ -14,8 +14,10 @@ sync: uv
 run: sync
 	$(UV) run voicebot run
 
+# Two pytest-xdist workers, one per core: most of a test's time uses one core (see
+# tests/conftest.py, which also runs the tests marked `exclusive` alone).
 test: sync test-tools
-	$(UV) run pytest
+	$(UV) run pytest -n 2 --dist loadgroup
 
 
 # Tools the tests check operator files with or start as servers (a missing one fails in CI):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,76 @@ def redis_url(redis: RedisServer) -> Iterator[str]:
     url = redis.create_database()
     yield url
     redis.flush_database(url)
+
+
+# ------------------------------------------------------------- running on two workers
+# `make test` runs the suite on two pytest-xdist workers (`-n 2 --dist loadgroup`), one test at a
+# time each: most of a test's time is one core's (a bot process importing its libraries, Python
+# handling updates), so the other core would be idle. A test that measures how fast something
+# happens (an upper bound in seconds, or a rate) is marked `exclusive`: it runs alone, the other
+# worker waiting until it ends, so that it is timed on a machine no busier than in a serial run.
+
+#: Modules whose tests each run for minutes of several processes: started first, so that the
+#: last tests to end are short ones and both workers finish at about the same time.
+LONGEST = ("test_chaos.py", "test_scale.py")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "exclusive: the test measures time (a bound in seconds, a rate): under pytest-xdist it "
+        "runs alone, the other workers waiting (see tests/conftest.py)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On xdist workers, hand out the longest tests first and the exclusive ones last (each
+    worker collects the same order, which `--dist loadgroup` follows); a serial run keeps the
+    order of the files."""
+    if not hasattr(config, "workerinput"):
+        return
+
+    def rank(item: pytest.Item) -> int:
+        if item.get_closest_marker("exclusive"):
+            return 3
+        if item.path.name in LONGEST:
+            return 0
+        # Real models or real bot processes: seconds to minutes each; the rest: milliseconds.
+        return 1 if "model_cache" in getattr(item, "fixturenames", ()) else 2
+
+    items.sort(key=rank)  # stable: the files' order within each rank
+
+
+@contextlib.contextmanager
+def machine_share(config: pytest.Config, exclusive: bool) -> Iterator[None]:
+    """Under xdist, a share of the machine for one test: held by any number of tests at once,
+    or by an exclusive one alone. A readers-writer lock of two files in the run's temporary
+    folder: a test passes the gate, then shares the machine lock; an exclusive test holds the
+    gate (no new test starts) while it waits for the machine lock alone."""
+    if not hasattr(config, "workerinput"):
+        yield
+        return
+    folder = Path(config.option.basetemp).parent  # the run's; each worker has a folder in it
+    with (folder / "gate.lock").open("a") as gate, (folder / "machine.lock").open("a") as machine:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(machine, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        finally:
+            if not exclusive:
+                fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(machine, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None]:
+    """Each test (set-up to teardown) holds its share of the machine; the wait for it comes
+    before the test's timeout starts."""
+    with machine_share(item.config, item.get_closest_marker("exclusive") is not None):
+        yield
 
 
 #: For a test that checks something only SQLite has (pragmas, the file itself).

@@ -118,6 +118,7 @@ def test_batches_take_turns_and_one_bad_piece_fails_only_its_work() -> None:
     assert all(len(batch) <= 3 for batch in seen)
 
 
+@pytest.mark.exclusive  # a bound in seconds (a start, a stop within 2 s)
 def test_a_lone_work_starts_at_once_and_a_withdrawn_one_stops() -> None:
     batcher: Batcher[int, int] = Batcher(_square, size=8, threads=1)
     started = time.monotonic()
@@ -136,6 +137,7 @@ def test_a_lone_work_starts_at_once_and_a_withdrawn_one_stops() -> None:
 # The engine: real speech, the bundled models.
 
 
+@pytest.mark.exclusive  # a bound in seconds (a start, a stop within 2 s)
 def test_a_batch_of_good_bad_cancelled_and_late_recordings_each_gets_its_own_answer(
     batched: Engine, corpus: Path
 ) -> None:
@@ -202,6 +204,7 @@ def test_a_long_recording_keeps_the_quiet_speakers_next_to_the_loud_ones(
         assert found >= 0.7, (clip, transcript.text)
 
 
+@pytest.mark.exclusive  # a bound in seconds (a start, a stop within 2 s)
 def test_a_long_recording_on_the_batched_path(
     tiny_engine: Engine, corpus: Path, references: dict[str, dict[str, str]]
 ) -> None:

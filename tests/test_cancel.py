@@ -93,6 +93,7 @@ def cancelled_elsewhere(workdir: Path, job_id: int) -> None:
         )
 
 
+@pytest.mark.exclusive  # STOP_WITHIN: timed on a machine no busier than a serial run's
 async def test_cancel_a_queued_job_a_running_one_and_one_cancelled_elsewhere(
     api: FakeBotAPI,
     tmp_path: Path,

@@ -230,6 +230,7 @@ async def test_run_held_returns_when_the_work_does(
 
 
 @sqlite_only
+@pytest.mark.exclusive  # granted within 0.1 s
 async def test_sqlite_grants_at_once(database_url: str) -> None:
     """One process per SQLite database: every lock is granted at once, and never lost."""
     engine = build_engine(database_url)

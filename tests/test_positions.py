@@ -124,6 +124,7 @@ async def test_places_are_the_ones_count_ahead_tells(sessions: Sessions) -> None
 # its own; PostgreSQL's first connections push some sends into the next second. To fix: re-read
 # the chosen jobs in one query before spending the budget.
 @sqlite_only
+@pytest.mark.exclusive  # at least 40 edits in 2.4 s: a rate the machine must reach
 async def test_a_burst_of_200_waiting_jobs_is_edited_front_first_within_the_budget(
     api: FakeBotAPI, sessions: Sessions, tmp_path: Path, tiny_engine: Engine
 ) -> None:

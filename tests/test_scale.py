@@ -399,6 +399,9 @@ async def test_a_role_without_a_shared_broker_or_database_says_so(
     assert not api.calls_of("getUpdates")
 
 
+# Two workers of one thread each and the bot: the run fills both cores by itself, and another
+# test beside it would push it past the suite's 300 s timeout.
+@pytest.mark.exclusive
 async def test_a_long_run_with_five_worker_kills(
     api: FakeBotAPI, corpus: Path, postgres_url: str, cluster: Callable[..., BotProcess]
 ) -> None:
