@@ -8,6 +8,8 @@ together, up to BATCH_SIZE at a time (`batching`), each with its own language an
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import inspect
 import threading
 import time
@@ -51,11 +53,12 @@ log = structlog.get_logger(__name__)
 #: faster-whisper's default, 2 s, so it is decoded as before batching).
 LONG_PAUSE_MS = 160
 #: Feature frames (100 a second) one decoder call takes on a CPU at beam DEFAULT_BEAM, all its
-#: items' windows together: two whole windows, four of 15 s. The decoder keeps the encoder's
+#: items' windows together: four whole windows, eight of 15 s. The decoder keeps the encoder's
 #: output for every beam of every item, about 95 MB a whole window at beam 5 with `base`. Peak
-#: memory of one process at BATCH_SIZE=8 (a burst of 16 notes, then a 223-s recording): 1109 MB
-#: unbounded, 646 MB at three whole windows, 568 MB at two.
-CALL_FRAMES = 2 * 3000
+#: memory of one process at BATCH_SIZE=8 (a burst of 16 notes, then a 223-s recording; malloc
+#: arenas capped, see `cap_malloc_arenas`): 480-540 MB at two to four whole windows, 650-690 MB
+#: at six to eight; the 223-s recording took 8.9, 7.9 and 6.9 s at two, three and four.
+CALL_FRAMES = 4 * 3000
 DEFAULT_BEAM = 5
 #: Encoder windows are whole multiples of this (see `Engine._window`).
 WINDOW_STEP_SECONDS = 5
@@ -491,9 +494,30 @@ def _stock_options(tokenizer: Any, *, beam_size: int) -> Any:
     return TranscriptionOptions(**values)
 
 
+def cap_malloc_arenas() -> None:
+    """One malloc arena for the whole process (glibc; elsewhere nothing happens).
+
+    glibc gives each thread that allocates under contention an arena of its own, up to eight
+    per core, and keeps what each freed for reuse by that arena alone. The encoder's and the
+    decoder's buffers (tens of MB each, from the batch thread, the VAD and levelling from job
+    threads) then pile up in several arenas: the peak of one process at BATCH_SIZE=8 fell from
+    630 to 540 MB with one arena, and from 630 to 590 MB with two, at the same speed.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc, or no C library found
+        return
+    m_arena_max = -8  # <malloc.h>
+    mallopt(m_arena_max, 1)
+
+
 def load_whisper(settings: Settings) -> Any:
     """Load the CTranslate2 Whisper model the settings name (blocking, seconds)."""
     from faster_whisper import WhisperModel
+
+    cap_malloc_arenas()  # before the model's threads allocate anything
 
     path = resolve_model(settings.whisper_model, cache_dir=settings.model_cache_dir)
     device = settings.whisper_device
