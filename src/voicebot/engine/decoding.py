@@ -1,0 +1,296 @@
+"""Decoding a batch of pieces: CTranslate2's Whisper encoder and decoder, as stock
+faster-whisper decodes a window (beam search, temperature fallback, decoding on from where a
+window stopped early), for several pieces at once, each with its own language and task.
+
+Part of `engine`, the one place that talks to faster-whisper and CTranslate2; the batch threads
+of `batching` call a `Decoder` with each batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import structlog
+
+from voicebot import languages, pieces
+from voicebot.batching import Item
+from voicebot.pieces import Piece
+from voicebot.recording import (
+    Attempt,
+    Recording,
+    Segment,
+    Task,
+    best_of,
+    needs_fallback,
+    silent,
+)
+
+if TYPE_CHECKING:
+    from voicebot.engine import Options
+
+log = structlog.get_logger(__name__)
+
+#: Feature frames (100 a second) one decoder call takes on a CPU at beam DEFAULT_BEAM, all its
+#: items' windows together: four whole windows, eight of 15 s. The decoder keeps the encoder's
+#: output for every beam of every item, about 95 MB a whole window at beam 5 with `base`. Peak
+#: memory of one process at BATCH_SIZE=8 (a burst of 16 notes, then a 223-s recording; one
+#: malloc arena, see `engine.cap_malloc_arenas`): 480-540 MB at two to four whole windows,
+#: 650-690 MB at six to eight; the 223-s recording took 8.9, 7.9 and 6.9 s at two, three, four.
+CALL_FRAMES = 4 * 3000
+DEFAULT_BEAM = 5
+#: Encoder windows are whole multiples of this (see `Decoder._window`).
+WINDOW_STEP_SECONDS = 5
+
+
+class Decoder:
+    """Decodes batches of pieces with one loaded model: each item's segments, or its error."""
+
+    def __init__(self, model: Any, options: Options) -> None:
+        self.model = model
+        self.options = options
+
+    @property
+    def multilingual(self) -> bool:
+        """Whether the model can transcribe languages other than English."""
+        return bool(self.model.model.is_multilingual)
+
+    def __call__(
+        self, batch: list[Item[Piece, tuple[Segment, ...]]]
+    ) -> list[tuple[Segment, ...] | Exception]:
+        """One batch (a batch thread); an item that fails alone fails only its recording."""
+        try:
+            return list(self._together(batch))
+        except (RuntimeError, ValueError, MemoryError) as error:
+            if len(batch) == 1:
+                return [error]
+            log.warning("batch_split", items=len(batch), error=str(error))
+        results: list[tuple[Segment, ...] | Exception] = []
+        for item in batch:
+            try:
+                results.extend(self._together([item]))
+            except (RuntimeError, ValueError, MemoryError) as error:
+                results.append(error)
+        return results
+
+    def _together(self, batch: list[Item[Piece, tuple[Segment, ...]]]) -> list[tuple[Segment, ...]]:
+        recordings = [Recording.of(work) for work, _ in batch]
+        decoded = self._pieces(recordings, [work.pieces[index] for work, index in batch])
+        return [tuple(segments) for segments in decoded]
+
+    def _pieces(self, recordings: list[Recording], cut: list[Piece]) -> list[list[Segment]]:
+        """Each piece's segments in its recording's time. Pieces with the same encoder window
+        go through the encoder and the decoder together; then the rest of each piece whose
+        window stopped early, as stock decoding goes on."""
+        computed = [self._features(piece) for piece in cut]
+        windows = [self._window(features.shape[-1]) for features in computed]
+        decoded: list[list[Segment]] = [[] for _ in cut]
+        again: list[int] = []
+        rest: list[Piece] = []
+        for window in dict.fromkeys(windows):
+            alike = [i for i, w in enumerate(windows) if w == window]
+            # The decoder's memory grows with items x window x beam: on a CPU at most
+            # CALL_FRAMES of windows per call (a GPU has room for the whole batch).
+            per_call = max(1, CALL_FRAMES * DEFAULT_BEAM // (window * self.options.beam_size))
+            if self.model.model.device != "cpu":
+                per_call = len(alike)
+            for start in range(0, len(alike), per_call):
+                same = alike[start : start + per_call]
+                for i, (segments, resume) in zip(
+                    same,
+                    self._decode_window(
+                        [recordings[i] for i in same],
+                        [cut[i] for i in same],
+                        [computed[i] for i in same],
+                        window,
+                    ),
+                    strict=True,
+                ):
+                    decoded[i] = segments
+                    if resume is not None:
+                        again.append(i)
+                        rest.append(cut[i].after(resume))
+        if again:  # the rests of every piece of this batch together
+            more = self._pieces([recordings[i] for i in again], rest)
+            for i, segments in zip(again, more, strict=True):
+                decoded[i].extend(segments)
+        return decoded
+
+    def _window(self, frames: int) -> int:
+        """The encoder window for a piece of `frames` feature frames.
+
+        Whisper's encoder takes 30 s whatever the audio; CTranslate2 takes less. The piece plus
+        a margin of 10 s (then up to the next 5 s, so that pieces of similar length share a
+        window) costs a 5-s note half the encoder time, with the same accuracy on the corpus
+        (margins of 1 and 5 s cost accuracy). Each piece's window depends on it alone: what it
+        is batched with never changes its text.
+        """
+        whole = self.model.feature_extractor.nb_max_frames
+        margin = self.options.encoder_margin_seconds
+        if margin is None:
+            return int(whole)
+        per_second = self.model.frames_per_second
+        step = WINDOW_STEP_SECONDS * per_second
+        wanted = frames + round(margin * per_second)
+        return int(min(whole, -(-wanted // step) * step))
+
+    def _decode_window(
+        self, recordings: list[Recording], cut: list[Piece], computed: list[Any], window: int
+    ) -> list[tuple[list[Segment], float | None]]:
+        """Pieces of one window size in one call: each one's segments, and where to decode
+        the rest of it from when its window stopped early."""
+        from faster_whisper.audio import pad_or_trim
+
+        model = self.model
+        features = np.stack([pad_or_trim(f, window) for f in computed])
+        encoder_output = self._encode(features)
+        self._decide_languages(recordings, encoder_output)
+        tokenizers = [self._tokenizer(r.language, r.task) for r in recordings]
+        options = _stock_options(tokenizers[0], beam_size=self.options.beam_size)
+        chosen = self._generate_with_fallback(encoder_output, features, tokenizers, options)
+
+        decoded: list[tuple[list[Segment], float | None]] = []
+        for i, attempt in enumerate(chosen):
+            if silent(attempt, options):
+                decoded.append(([], None))
+                continue
+            piece, tokenizer = cut[i], tokenizers[i]
+            said, resume = pieces.split(
+                attempt.tokens,
+                first_timestamp=tokenizer.timestamp_begin,
+                precision=model.time_precision,
+                duration=piece.duration,
+            )
+            segments = [
+                Segment(
+                    recordings[i].original(piece.offset + part.start),
+                    recordings[i].original(piece.offset + part.end, end=True),
+                    tokenizer.decode(part.tokens),
+                )
+                for part in said
+            ]
+            decoded.append((segments, resume))
+        return decoded
+
+    def _generate_with_fallback(
+        self, encoder_output: Any, features: Any, tokenizers: list[Any], options: Any
+    ) -> list[Attempt]:
+        """faster-whisper's fallback, batched: every item at temperature 0 (beam search), then
+        those too repetitive or too unsure again at each higher temperature (sampling)."""
+        model = self.model
+        prompts = [model.get_prompt(t, previous_tokens=[]) for t in tokenizers]
+        chosen: dict[int, Attempt] = {}
+        tried: list[list[Attempt]] = [[] for _ in tokenizers]
+        waiting = list(range(len(tokenizers)))
+        for temperature in options.temperatures:
+            if len(waiting) < len(tokenizers):
+                encoder_output = self._encode(features[waiting])
+            generated = self._generate(
+                encoder_output, [prompts[i] for i in waiting], options, temperature
+            )
+            still: list[int] = []
+            for i, result in zip(waiting, generated, strict=True):
+                attempt = Attempt.of(result, tokenizers[i], options)
+                tried[i].append(attempt)
+                if needs_fallback(attempt, options):
+                    still.append(i)
+                else:
+                    chosen[i] = attempt
+            waiting = still
+            if not waiting:
+                break
+        for i in waiting:
+            chosen[i] = best_of(tried[i], options)
+        return [chosen[i] for i in range(len(tokenizers))]
+
+    def _encode(self, features: Any) -> Any:
+        """The encoder's output for a batch of windows. On a CPU one window at a time: the
+        encoder gains nothing from a batch there (its matrices are big enough alone), and its
+        attention takes about 95 MB a whole window while it runs."""
+        model = self.model
+        if model.model.device != "cpu" or len(features) == 1:
+            return model.encode(features)
+        import ctranslate2
+
+        alone = [np.asarray(model.encode(features[i : i + 1])) for i in range(len(features))]
+        return ctranslate2.StorageView.from_array(np.concatenate(alone))
+
+    def _features(self, piece: Piece) -> Any:
+        """The piece's log-mel features, exactly as faster-whisper computes a window's."""
+        features = self.model.feature_extractor(piece.audio)
+        return features[:, : max(features.shape[-1] - 1, 1)]
+
+    def _decide_languages(self, recordings: list[Recording], encoder_output: Any) -> None:
+        """Detect the language of each recording that has none from its items in this batch
+        (the probabilities of its pieces here averaged), among its allowed languages."""
+        undecided = {id(r): r for r in recordings if r.language is None}
+        if not undecided:
+            return
+        detected = self.model.model.detect_language(encoder_output)
+        for recording in undecided.values():
+            mine = [d for r, d in zip(recordings, detected, strict=True) if r is recording]
+            recording.language, recording.probability = languages.most_likely(
+                mine, recording.allowed
+            )
+
+    def _tokenizer(self, language: str | None, task: Task) -> Any:
+        return _tokenizer(self.model.hf_tokenizer, self.multilingual, task, language)
+
+    def _generate(
+        self, encoder_output: Any, prompts: list[list[int]], options: Any, temperature: float
+    ) -> Any:
+        if temperature > 0:
+            search: dict[str, Any] = {
+                "beam_size": 1,
+                "num_hypotheses": options.best_of,
+                "sampling_topk": 0,
+                "sampling_temperature": temperature,
+            }
+        else:
+            search = {"beam_size": options.beam_size, "patience": options.patience}
+        return self.model.model.generate(
+            encoder_output,
+            prompts,
+            length_penalty=options.length_penalty,
+            repetition_penalty=options.repetition_penalty,
+            no_repeat_ngram_size=options.no_repeat_ngram_size,
+            max_length=self.model.max_length,
+            return_scores=True,
+            return_no_speech_prob=True,
+            suppress_blank=options.suppress_blank,
+            suppress_tokens=options.suppress_tokens,
+            max_initial_timestamp_index=round(
+                options.max_initial_timestamp / self.model.time_precision
+            ),
+            **search,
+        )
+
+
+@cache
+def _tokenizer(hf_tokenizer: Any, multilingual: bool, task: str, language: str | None) -> Any:
+    from faster_whisper.tokenizer import Tokenizer
+
+    return Tokenizer(hf_tokenizer, multilingual, task=task, language=language)
+
+
+def _stock_options(tokenizer: Any, *, beam_size: int) -> Any:
+    """faster-whisper's own `transcribe()` defaults, so results match the stock engine."""
+    from faster_whisper import WhisperModel
+    from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
+
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(WhisperModel.transcribe).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    temperature = defaults.pop("temperature")
+    fields = inspect.signature(TranscriptionOptions).parameters
+    values = {name: value for name, value in defaults.items() if name in fields}
+    values.update(
+        beam_size=beam_size,
+        temperatures=list(temperature) if isinstance(temperature, (list, tuple)) else [temperature],
+        suppress_tokens=get_suppressed_tokens(tokenizer, defaults["suppress_tokens"]),
+    )
+    return TranscriptionOptions(**values)
