@@ -5,16 +5,22 @@ answer, whichever process dies."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
 import signal
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
+from aiohttp import web
 
 from voicebot.audio import decode
+from voicebot.web import webhook
 
 from .botproc import BotProcess
 from .fakes import FakeBotAPI
@@ -22,6 +28,8 @@ from .media import encode_audio, long_speech, voice_note
 from .servers import PostgresServer, RabbitServer, running
 from .test_db import query
 from .test_polling import log_events
+from .test_web import free_port
+from .test_webhook import SECRET
 
 #: Clips of the English corpus and a phrase each transcript must contain.
 CLIPS = {
@@ -465,3 +473,186 @@ async def test_a_long_run_with_five_worker_kills(
         assert not cached
         assert charged == audio
         assert abs(float(audio) - lengths[(int(chat_id), int(message_id))]) < 0.1
+
+
+@dataclass(frozen=True)
+class Post:
+    """One update the balancer passed on: to which instance, and the status it answered."""
+
+    instance: int
+    update_id: int
+    status: int
+
+
+@dataclass
+class Balancer:
+    """The load balancer in front of the webhook instances, on a port of its own on loopback.
+
+    It passes each POST on to one instance and returns that instance's status and body. The
+    n-th delivery of update u goes to instance (u + n) mod the number of instances: consecutive
+    updates alternate, and an update sent again goes to the other instance than last time (as
+    a balancer that retries elsewhere would), whatever order concurrent requests arrive in.
+    """
+
+    ports: list[int]
+    posts: list[Post] = field(default_factory=list)
+    url: str = ""
+    _arrivals: Counter[int] = field(default_factory=Counter)
+    _runner: web.AppRunner | None = None
+    _session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Balancer:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        app = web.Application()
+        app.router.add_post(webhook.PATH, self._forward)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        # Port 0: the system picks a free one, no window for another process to take it.
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}{webhook.PATH}"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    def answered(self, instance: int) -> list[int]:
+        """The update ids `instance` acknowledged (2xx), in the order it answered."""
+        return [p.update_id for p in self.posts if p.instance == instance and p.status < 300]
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        assert self._session is not None
+        body = await request.read()
+        update_id = int(json.loads(body)["update_id"])
+        instance = (update_id + self._arrivals[update_id]) % len(self.ports)
+        self._arrivals[update_id] += 1
+        headers = {
+            name: value
+            for name, value in request.headers.items()
+            if name.lower() in ("content-type", webhook.SECRET_HEADER.lower())
+        }
+        url = f"http://127.0.0.1:{self.ports[instance]}{request.path}"
+        try:
+            async with self._session.post(url, data=body, headers=headers) as response:
+                status, answer = response.status, await response.read()
+                kind = response.headers.get("Content-Type")
+        except aiohttp.ClientError:
+            status, answer, kind = 502, b"", None  # the instance is down: Telegram retries
+        self.posts.append(Post(instance, update_id, status))
+        return web.Response(
+            status=status, body=answer, headers={"Content-Type": kind} if kind else {}
+        )
+
+
+def two_ports() -> list[int]:
+    """Two different free ports on loopback."""
+    ports = [free_port()]
+    while len(ports) < 2:
+        if (port := free_port()) not in ports:
+            ports.append(port)
+    return ports
+
+
+async def test_two_webhook_bots_behind_one_url_handle_each_update_once(
+    api: FakeBotAPI,
+    corpus: Path,
+    postgres_url: str,
+    redis_url: str,
+    cluster: Callable[..., BotProcess],
+) -> None:
+    """Two `voicebot bot` in webhook mode behind one URL (a round-robin balancer) and one
+    worker, on one database and one Redis. Some acknowledgements are lost, so those updates
+    come again, to the other instance: it sees them handled already and skips them. Each
+    message gets exactly one answer, each recording one job charged once, each command one
+    reply; both instances take updates, and the per-user limit counts across them."""
+    ports = two_ports()
+    async with Balancer(ports) as balancer:
+        # Limits in Redis: 2 recordings a minute per user, whichever instance takes each.
+        shared = {"REDIS_URL": redis_url, "USER_JOBS_PER_MINUTE": "2", "DAILY_QUOTA_SECONDS": "600"}
+        front = {"BOT_MODE": "webhook", "WEBHOOK_URL": balancer.url, "WEBHOOK_SECRET": SECRET}
+        bots = [cluster("bot", HTTP_PORT=str(port), **front, **shared) for port in ports]
+        worker = cluster("worker", WORKERS="1", **shared)
+        for process in (*bots, worker):
+            await process.start()
+        assert {c.params["url"] for c in api.calls_of("setWebhook")} == {balancer.url}
+        # The lowest update ids of the first round are delivered, answered 200, and sent again
+        # as if the 200 never came: the four /help commands (a second handling would be a
+        # second reply: no job key absorbs it) and two voice notes.
+        api.webhook.lose_acks = 6
+        users = range(9000, 9004)
+        helps = {user: api.send_text(user, "/help") for user in users}
+        expected = send_burst(api, corpus, count=8, users=len(users), first_user=users[0])
+        # Three in a row from one sender, so alternating between the instances (2 and 1):
+        # each instance alone would let all three in; the shared limit lets in two.
+        limited = 9010
+        phrase, name = next(iter(CLIPS.items()))
+        note = voice_note(corpus / "en" / name)
+        flood = [api.send_voice(limited, note, duration=4) for _ in range(3)]
+        flood_updates = [update["update_id"] for update in api.pending_updates[-3:]]
+
+        def flood_answered() -> bool:
+            replies = [m for m in api.messages(limited) if not m.deleted]
+            return sorted(m.reply_to or 0 for m in replies) == flood and (
+                sum(phrase in (m.text or "").lower() for m in replies) == 2
+            )
+
+        await api.wait_for(lambda: answered_once(api, expected), 120, "8 transcripts")
+        await api.wait_for(flood_answered, 60, "the flood: two transcripts, one refusal")
+        await api.wait_for(lambda: not api.pending_updates, 30, "every update acknowledged")
+        for process in (*bots, worker):
+            assert await process.stop() == 0, process.output()
+
+    assert answered_once(api, expected)
+    for user in users:
+        commands = [m for m in api.messages(user) if m.reply_to is None and not m.deleted]
+        assert len(commands) == 1, (user, helps[user], [m.text for m in commands])
+    assert sum(len(api.messages(user)) for user in users) == len(expected) + len(users)
+    # The flood did reach both instances: neither saw more than two of it.
+    flood_takers = Counter(
+        p.instance for p in balancer.posts if p.update_id in flood_updates and p.status < 300
+    )
+    assert sorted(flood_takers.values()) == [1, 2], balancer.posts
+    (refusal,) = [m for m in api.messages(limited) if phrase not in (m.text or "").lower()]
+    assert "at most 2 recordings a minute" in (refusal.text or ""), refusal.text
+
+    # The balancer: every update acknowledged, both instances took some; the six sent again
+    # went once to each instance, and the one that had it second skipped it (logged so).
+    updates = len(helps) + len(expected) + len(flood)
+    acknowledged = Counter(p.update_id for p in balancer.posts if p.status < 300)
+    assert len(acknowledged) == updates, acknowledged
+    twice = {update_id for update_id, count in acknowledged.items() if count == 2}
+    assert len(twice) == 6, acknowledged
+    assert set(acknowledged.values()) == {1, 2}, acknowledged
+    takers = {
+        u: [p.instance for p in balancer.posts if p.update_id == u and p.status < 300]
+        for u in twice
+    }
+    assert all(first != second for first, second in takers.values()), takers
+    for instance, bot in enumerate(bots):
+        assert len(balancer.answered(instance)) >= updates // 2, balancer.posts
+        skipped = [u for e in log_events(bot, "updates_redelivered") for u in e["update_ids"]]
+        assert sorted(skipped) == sorted(
+            u for u, (_, second) in takers.items() if second == instance
+        )
+
+    # The database: one job per recording let in, one handled mark per update, one charge per
+    # job (a cache hit charges nothing, a transcription its length).
+    jobs = len(expected) + 2
+    assert await query(postgres_url, "SELECT status, count(*) FROM jobs GROUP BY status") == [
+        ("done", jobs)
+    ]
+    flood_jobs = f"SELECT count(*) FROM jobs WHERE chat_id = {limited}"
+    assert await query(postgres_url, flood_jobs) == [(2,)]
+    assert await query(postgres_url, "SELECT count(*) FROM handled_updates") == [(updates,)]
+    charges = await query(
+        postgres_url, "SELECT job_id, audio_seconds, charged_seconds, cached FROM usage"
+    )
+    assert len(charges) == len({job_id for job_id, *_ in charges}) == jobs
+    for _, audio, charged, cached in charges:
+        assert charged == (0 if cached else audio), charges
+    # Each clip transcribed (and charged) at least once; a repeat may come from the cache, or be
+    # transcribed too when it arrives while its clip is being transcribed (so no upper bound).
+    assert sum(charged > 0 for _, _, charged, _ in charges) >= len(CLIPS), charges
