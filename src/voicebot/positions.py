@@ -158,26 +158,36 @@ async def update_positions(runtime: Runtime, per_second: RateLimitItem) -> int:
             and now - at >= interval
         ):
             due.append((place, job))
-    chosen: list[tuple[int, Waiting]] = []
-    for place, job in sorted(due, key=lambda item: (item[0], item[1].job_id)):
-        if status_lock(runtime, job.job_id).locked():
-            continue  # the job is editing its own message right now
-        if not await runtime.limiters.limiter.hit(per_second, "status_edits"):
-            break  # the rest wait for a later round, and skip the places they missed
-        chosen.append((place, job))
-    await asyncio.gather(*(_show(runtime, job, place, at_once) for place, job in chosen))
-    return len(chosen)
+    # The nearest the front first, as many as the budget has room for now; each edit spends
+    # its share right before it is sent (see `_edit`), so the limit holds where Telegram counts,
+    # at the sends, however long the reads before them take. The rest wait for a later round,
+    # and skip the places they missed.
+    _, room = await runtime.limiters.limiter.get_window_stats(per_second, "status_edits")
+    chosen = [
+        (place, job)
+        for place, job in sorted(due, key=lambda item: (item[0], item[1].job_id))
+        # A job editing its own message right now is left alone.
+        if not status_lock(runtime, job.job_id).locked()
+    ][: max(room, 0)]
+    edited = await asyncio.gather(
+        *(_show(runtime, job, place, at_once, per_second) for place, job in chosen)
+    )
+    return sum(edited)
 
 
-async def _show(runtime: Runtime, waiting: Waiting, place: int, at_once: int) -> None:
+async def _show(
+    runtime: Runtime, waiting: Waiting, place: int, at_once: int, per_second: RateLimitItem
+) -> bool:
     """`_edit`, every line it logs carrying the job's ids (in its own task: nothing leaks)."""
     with structlog.contextvars.bound_contextvars(job_id=waiting.job_id, chat_id=waiting.chat_id):
-        await _edit(runtime, waiting, place, at_once)
+        return await _edit(runtime, waiting, place, at_once, per_second)
 
 
-async def _edit(runtime: Runtime, waiting: Waiting, place: int, at_once: int) -> None:
+async def _edit(
+    runtime: Runtime, waiting: Waiting, place: int, at_once: int, per_second: RateLimitItem
+) -> bool:
     """Edit one status message to `place` (with `at_once` jobs running at once), unless the job
-    left the queue meanwhile."""
+    left the queue meanwhile or the budget has no room left; whether it was sent."""
     assert waiting.status_message_id is not None
     async with status_lock(runtime, waiting.job_id):
         async with runtime.sessions() as session:
@@ -188,7 +198,9 @@ async def _edit(runtime: Runtime, waiting: Waiting, place: int, at_once: int) ->
             or job.error_text is not None
             or job.transcript_id is not None
         ):
-            return
+            return False
+        if not await runtime.limiters.limiter.hit(per_second, "status_edits"):
+            return False  # spent by another process meanwhile: a later round tries again
         try:
             with use_locale(job.locale):  # each message in its sender's language
                 await edit_text(
@@ -203,3 +215,4 @@ async def _edit(runtime: Runtime, waiting: Waiting, place: int, at_once: int) ->
         # Recorded even when the edit failed: a deleted message (or a user who blocked the
         # bot) is not tried again every round, only when the place changes again.
         runtime.positions[waiting.job_id] = (place, time.monotonic())
+        return True
