@@ -92,8 +92,10 @@ class Decoder:
         for window in dict.fromkeys(windows):
             alike = [i for i, w in enumerate(windows) if w == window]
             # The decoder's memory grows with items x window x beam: on a CPU at most
-            # CALL_FRAMES of windows per call (a GPU has room for the whole batch).
-            per_call = max(1, CALL_FRAMES * DEFAULT_BEAM // (window * self.options.beam_size))
+            # CALL_FRAMES of windows per call, shared by the process's batch threads (a GPU
+            # has room for the whole batch).
+            frames = CALL_FRAMES // self.options.workers
+            per_call = max(1, frames * DEFAULT_BEAM // (window * self.options.beam_size))
             if self.model.model.device != "cpu":
                 per_call = len(alike)
             for start in range(0, len(alike), per_call):
