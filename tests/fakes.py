@@ -532,9 +532,7 @@ class FakeBotAPI:
         raw_name = request.match_info["method"]
         name, handler = self._handlers.get(raw_name.lower(), (raw_name, None))
         params = await _read_params(request)
-        self.calls.append(Call(name, params, time.monotonic()))
-        if (gate := self._held.get(name.lower())) is not None:
-            await gate.wait()
+        await self._note_call(name, params)
         if failures := self._failures.get(name.lower()):
             return _error_response(failures.popleft())
         if handler is None:
@@ -545,11 +543,15 @@ class FakeBotAPI:
             return _error_response(err)
         return web.json_response({"ok": True, "result": result})
 
+    async def _note_call(self, name: str, params: Params) -> None:
+        """Note a call of `name`, then keep it waiting while `name` is held (see `hold`)."""
+        self.calls.append(Call(name, params, time.monotonic()))
+        if (gate := self._held.get(name.lower())) is not None:
+            await gate.wait()
+
     async def _download(self, request: web.Request) -> web.Response:
         path = request.match_info["path"]
-        self.calls.append(Call("downloadFile", {"file_path": path}, time.monotonic()))
-        if (gate := self._held.get("downloadfile")) is not None:
-            await gate.wait()
+        await self._note_call("downloadFile", {"file_path": path})
         if request.match_info["token"] != self.token:
             return _error_response(ApiError(401, "Unauthorized"))
         entry = self._files.get(self._by_path.get(path, ""))
