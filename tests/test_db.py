@@ -4,6 +4,7 @@ file and a real PostgreSQL database (the `database_url` fixture gives each test 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -269,6 +270,31 @@ async def test_upgrade_twice_is_harmless(database_url: str) -> None:
     assert await tables(database_url) == TABLES
     assert await version(database_url) == [HEAD]
     assert await query(database_url, "SELECT id, first_name FROM users") == [(7, "Ann")]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_processes_starting_at_once_on_a_new_database_migrate_it_once(
+    database_url: str,
+) -> None:
+    """A bot and workers started together on a new PostgreSQL database (SQLite has one process
+    per file) each run the migrations at start: one applies them, the others wait for its
+    commit and find the schema at head. (Processes: Alembic runs one migration at a time in a
+    process, its `context` being a module global.)"""
+    started = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            "import sys; from voicebot.db import upgrade; upgrade(sys.argv[1])",
+            database_url,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    for process in started:
+        _, errors = await process.communicate()
+        assert process.returncode == 0, errors.decode()[-2000:]
+    assert await tables(database_url) == TABLES
+    assert await version(database_url) == [HEAD]
 
 
 @pytest.fixture

@@ -101,11 +101,12 @@ class Lock:
         return not self.lost.is_set()
 
 
-async def hold_for_transaction(session: AsyncSession, name: str) -> None:
+async def hold_for_transaction(session: AsyncSession | AsyncConnection, name: str) -> None:
     """Hold the lock `name` until `session`'s transaction ends, waiting for it if another
     transaction holds it (PostgreSQL's transaction-level advisory lock; on SQLite, whose write
     lock already lets one writer at a time, nothing)."""
-    if session.get_bind().dialect.name == "postgresql":
+    bind = session.get_bind() if isinstance(session, AsyncSession) else session
+    if bind.dialect.name == "postgresql":
         await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})
 
 

@@ -8,6 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from voicebot.db import build_engine
+from voicebot.locks import hold_for_transaction
 from voicebot.models import Base
 
 
@@ -24,6 +25,9 @@ def _run(connection: Connection) -> None:
 async def _migrate(url: str) -> None:
     engine = build_engine(url)
     async with engine.begin() as connection:
+        # Processes started together on a new database (a bot and its workers) all migrate at
+        # start: one at a time, each in one transaction, so the later ones find it at head.
+        await hold_for_transaction(connection, "migrations")
         await connection.run_sync(_run)
     await engine.dispose()
 
