@@ -251,8 +251,13 @@ def default_batch_size(settings: Settings) -> int | None:
 
 
 def make_engine(model: Any, settings: Settings, batch_size: int | None) -> Engine:
-    """An engine on the shared `model`; `batch_size` is passed only where Options has it."""
-    values: dict[str, Any] = {"beam_size": settings.whisper_beam_size, "vad": True}
+    """An engine on the shared `model` (loaded for WORKERS batch threads), with as many threads;
+    `batch_size` is passed only where Options has it."""
+    values: dict[str, Any] = {
+        "beam_size": settings.whisper_beam_size,
+        "vad": True,
+        "workers": settings.workers,
+    }
     if batch_size is not None and batching_supported():
         values["batch_size"] = batch_size
     return Engine(model, Options(**values))
@@ -394,6 +399,7 @@ class Bench:
         )
         self.solo_size: int | None = 1 if batching_supported() else None
         self.model: Any = None  # loaded by start(), after the memory children ran
+        self.stock_model: Any = None  # the same, for stock faster-whisper: every core
         self.pipeline: Any = None
         self.runner = asyncio.Runner()
         self.engines: dict[int | None, Engine] = {}
@@ -431,9 +437,14 @@ class Bench:
         from faster_whisper import BatchedInferencePipeline
 
         self.model = load_whisper(self.settings)
-        self.pipeline = BatchedInferencePipeline(self.model)
+        # WORKERS=N loads the model with 1/N of the cores for each of its N batch threads; stock
+        # faster-whisper runs one decoding at a time and gets every core, as it would alone.
+        self.stock_model = (
+            self.model if self.settings.workers == 1 else load_whisper(Settings(workers=1))
+        )
+        self.pipeline = BatchedInferencePipeline(self.stock_model)
         clip = self.clips("en")[0]
-        stock_one(self.model, clip.samples, self.beam)
+        stock_one(self.stock_model, clip.samples, self.beam)
         stock_batched_burst(self.pipeline, [clip], self.beam)
 
     # -- part 1
@@ -442,7 +453,8 @@ class Bench:
         section = Section(name, clips, sum(c.seconds for c in clips), len(clips))
         log(f"burst {name}: {len(clips)} clips, {section.audio_seconds:.0f} s of audio")
         stock = timed(
-            "stock one by one", lambda: [stock_one(self.model, c.samples, self.beam) for c in clips]
+            "stock one by one",
+            lambda: [stock_one(self.stock_model, c.samples, self.beam) for c in clips],
         )
         section.runs.append(stock)
         self.stock_solo.update((c.file, h) for c, h in zip(clips, stock.hypotheses, strict=True))
@@ -467,7 +479,7 @@ class Bench:
         log(f"long {rec.name}: {len(rec.clips)} clips, {rec.seconds:.0f} s")
         audio = rec.samples
         section.runs.append(
-            timed("stock sequential", lambda: [stock_one(self.model, audio, self.beam)])
+            timed("stock sequential", lambda: [stock_one(self.stock_model, audio, self.beam)])
         )
 
         def batched() -> list[str]:
@@ -628,8 +640,10 @@ def render(bench: Bench) -> str:
         "",
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.node()}, {os.cpu_count()} cores, "
         f"load {bench.load:.2f} at start; {versions}",
-        f"model {settings.whisper_model}, {compute}, {settings.cpu_threads} threads, "
-        f"beam {bench.beam}, VAD on, language auto-detected"
+        f"model {settings.whisper_model}, {compute}, beam {bench.beam}, VAD on, language "
+        f"auto-detected; voicebot WORKERS={settings.workers} batch threads of "
+        f"{settings.cpu_threads} CPU threads each, stock faster-whisper "
+        f"{Settings(workers=1).cpu_threads} threads"
         + (", **--quick** (smoke test)" if args.quick else ""),
         "engine: "
         + (

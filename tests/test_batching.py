@@ -17,7 +17,8 @@ import webvtt
 
 from voicebot.audio import SAMPLE_RATE, decode
 from voicebot.batching import Batcher, Item, Work
-from voicebot.engine import Engine
+from voicebot.config import Settings
+from voicebot.engine import Engine, build_engine
 from voicebot.errors import (
     CorruptAudioError,
     NoSpeechError,
@@ -111,11 +112,30 @@ def test_batches_take_turns_and_one_bad_piece_fails_only_its_work() -> None:
     with pytest.raises(ValueError, match="13 is bad"):
         bad.future.result(5)
     batcher.close()
-    # The first batch: each work's first piece, round robin; a work's first batch ends before
-    # more of it is taken, so the next batches are the rest.
+    # The first batch: each work's first piece, round robin; the next batches are the rest.
     assert seen[0] == [100, 7, 12]
     assert {n for batch in seen for n in batch} >= {*range(100, 106), 7, 12, 13}
     assert all(len(batch) <= 3 for batch in seen)
+
+
+def test_idle_threads_share_a_lone_work() -> None:
+    """A work that comes while both threads wait is split between them, decoded at once."""
+    ran: list[tuple[str, list[int], float, float]] = []
+
+    def run(batch: list[Item[int, int]]) -> list[int | Exception]:
+        started = time.monotonic()
+        results = _square(batch)
+        pieces = [work.pieces[i] for work, i in batch]
+        ran.append((threading.current_thread().name, pieces, started, time.monotonic()))
+        return results
+
+    batcher: Batcher[int, int] = Batcher(run, size=8, threads=2)
+    assert batcher.submit(Work(range(2, 9))).future.result(5) == [n**2 for n in range(2, 9)]
+    batcher.close()
+    assert sorted(len(pieces) for _, pieces, _, _ in ran) == [3, 4]
+    (first, _, start_a, end_a), (second, _, start_b, end_b) = ran
+    assert first != second
+    assert max(start_a, start_b) < min(end_a, end_b)  # at the same time
 
 
 @pytest.mark.exclusive  # a bound in seconds (a start, a stop within 2 s)
@@ -246,3 +266,27 @@ def test_a_long_recording_on_the_batched_path(
         assert engine.batcher.pending() == 0
     finally:
         engine.close()
+
+
+def test_a_long_recording_is_decoded_on_every_thread_in_the_language_of_its_start(
+    model_cache: Path, corpus: Path, references: dict[str, dict[str, str]]
+) -> None:
+    """WORKERS=2: a German recording's pieces go to both batch threads at once; the batch with
+    its first piece detects German and the other thread decodes its pieces in German too, even
+    where they are English."""
+    settings = Settings(whisper_model="base", model_cache_dir=model_cache, workers=2)
+    threads: list[str] = []
+    engine = build_engine(
+        settings, on_batch=lambda size: threads.append(threading.current_thread().name)
+    )
+    german = ["de/fleurs_de-000.ogg", "de/fleurs_de-007.ogg", "de/fleurs_de-001.ogg"]
+    english = [c for c in references if c.startswith("en/ljspeech")]
+    try:
+        transcript = engine.transcribe(_joined(corpus, german + english))
+    finally:
+        engine.close()
+    assert len(set(threads)) == 2, threads
+    assert transcript.language == "de"
+    said = " ".join(w for c in german for w in _words(references[c]["reference_transcript"]))
+    start = " ".join(_words(transcript.text)[: len(said.split())])
+    assert jiwer.wer(said, start) < 0.35, transcript.text

@@ -6,8 +6,10 @@ A free thread takes the next batch at once, without waiting for it to fill: a lo
 starts as soon as it comes, and under a burst whatever is ready when a thread frees up forms the
 next batch. Recordings are served round robin in the order they came (the job slots admit jobs
 by priority), one piece each per round, so a short note that comes while an hour-long file is
-being decoded joins the very next batch. A recording's first batch is finished before more of its
-pieces are taken: what it decides (the engine detects the language there) holds for the rest.
+being decoded joins the very next batch. A thread that takes a batch while others are idle takes
+its share of what is ready, not all of it: one long recording's pieces are decoded on every
+thread at once (a decision that one batch makes for a whole recording, such as the engine's
+language detection, is the run function's to share; see `engine.decoding`).
 
 Nothing here knows about Whisper: `run` decodes a batch, and a result is whatever it returns.
 One recording's failure, withdrawal (cancel, timeout) or bad piece never touches the others.
@@ -45,8 +47,6 @@ class Work(Generic[P, R]):
         self.future: Future[list[R]] = Future()
         self._next = 0  # the first piece not yet handed to a batch
         self._done = 0
-        self._first_batch_done = False
-        self._in_flight = 0
 
     @property
     def finished(self) -> bool:
@@ -54,11 +54,7 @@ class Work(Generic[P, R]):
         return self.future.done()
 
     def _ready(self) -> bool:
-        return (
-            not self.finished
-            and self._next < len(self.pieces)
-            and (self._first_batch_done or self._in_flight == 0)
-        )
+        return not self.finished and self._next < len(self.pieces)
 
 
 Item = tuple[Work[P, R], int]
@@ -88,6 +84,7 @@ class Batcher(Generic[P, R]):
         self._works: list[Work[P, R]] = []
         self._changed = threading.Condition()
         self._threads: list[threading.Thread] = []
+        self._busy = 0  # threads running a batch
         self._closed = False
         #: Batches run and pieces in them, since the start (their ratio: the mean batch).
         self.batches = 0
@@ -151,18 +148,25 @@ class Batcher(Generic[P, R]):
             self._finish(batch, self._run(batch))
 
     def _take(self) -> list[Item[P, R]]:
-        """The next batch, round robin over ready works in arrival order (under the lock)."""
+        """The next batch, round robin over ready works in arrival order (under the lock): at
+        most `size` pieces, and no more than this thread's share of the ready ones while other
+        threads are free too (one of them is woken for the rest)."""
         batch: list[Item[P, R]] = []
         ready = [work for work in self._works if work._ready()]
-        while ready and len(batch) < self.size:
+        waiting = sum(len(work.pieces) - work._next for work in ready)
+        share = min(self.size, -(-waiting // (self.thread_count - self._busy)))
+        while ready and len(batch) < share:
             for work in list(ready):
-                if len(batch) == self.size:
+                if len(batch) == share:
                     break
                 batch.append((work, work._next))
                 work._next += 1
-                work._in_flight += 1
                 if work._next == len(work.pieces):
                     ready.remove(work)
+        if batch:
+            self._busy += 1
+        if ready and self._busy < self.thread_count:
+            self._changed.notify()
         return batch
 
     def _run(self, batch: list[Item[P, R]]) -> Sequence[R | Exception]:
@@ -188,9 +192,8 @@ class Batcher(Generic[P, R]):
         touched: list[Work[P, R]] = []
         completed: list[Work[P, R]] = []
         with self._changed:
+            self._busy -= 1
             for (work, index), result in zip(batch, results, strict=True):
-                work._in_flight -= 1
-                work._first_batch_done = True
                 if work.finished:
                     continue  # withdrawn or failed meanwhile: its results are dropped
                 if isinstance(result, Exception):

@@ -21,6 +21,9 @@ Task = Literal["transcribe", "translate"]
 """Whisper's tasks: transcribe in the spoken language, or translate into English."""
 ProgressCallback = Callable[[float, float], None]
 """Called with (seconds of audio done, total seconds) while segments are produced."""
+#: How often a batch thread waiting for another's language decision looks whether the
+#: recording ended meanwhile.
+DECIDE_WAIT_SECONDS = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +68,13 @@ class Recording(Work[Piece, tuple[Segment, ...]]):
         super().__init__(cut, on_result=lambda work: self.report())
         self.timeline = timeline
         self.duration = duration
-        #: Detected in its first batch when None (see `Engine._decide_languages`).
+        #: Detected in the batch that has its first piece when None (`Decoder._decide_languages`).
         self.language = language
         self.probability = 1.0
+        #: Set once `language` is known: other batch threads decoding its later pieces wait.
+        self.decided = threading.Event()
+        if language is not None:
+            self.decided.set()
         self.allowed = allowed
         self.task = task
         self.progress = progress
@@ -80,6 +87,17 @@ class Recording(Work[Piece, tuple[Segment, ...]]):
         """`work` as the recording it is (the engine submits nothing else)."""
         assert isinstance(work, Recording), "the engine submits recordings only"
         return work
+
+    def decide(self, language: str, probability: float) -> None:
+        """Record the detected language, for this batch and every other one."""
+        self.language, self.probability = language, probability
+        self.decided.set()
+
+    def wait_decided(self) -> None:
+        """Block until the language is decided, or the recording ends without it (failed,
+        withdrawn: what is decoded for it then is dropped)."""
+        while not self.decided.wait(DECIDE_WAIT_SECONDS) and not self.finished:
+            pass
 
     def original(self, moment: float, *, end: bool = False) -> float:
         """A time on the speech timeline (pauses left out) as a time in the recording."""

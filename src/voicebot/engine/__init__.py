@@ -223,7 +223,7 @@ class Engine:
         recording.report()  # every segment passed on before the result is
         if recording.progress is not None:
             recording.progress(recording.duration, recording.duration)
-        assert recording.language is not None, "decided in the recording's first batch"
+        assert recording.language is not None, "decided in the batch with its first piece"
         log.debug(
             "segments_decoded",
             segments=len(segments),

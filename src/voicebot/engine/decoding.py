@@ -68,19 +68,30 @@ class Decoder:
                 return [error]
             log.warning("batch_split", items=len(batch), error=str(error))
         results: list[tuple[Segment, ...] | Exception] = []
+        failed: dict[int, Exception] = {}
         for item in batch:
+            work = item[0]
+            if id(work) in failed:  # its recording fails anyway, and may never decide a language
+                results.append(failed[id(work)])
+                continue
             try:
                 results.extend(self._together([item]))
             except (RuntimeError, ValueError, MemoryError) as error:
+                failed[id(work)] = error
                 results.append(error)
         return results
 
     def _together(self, batch: list[Item[Piece, tuple[Segment, ...]]]) -> list[tuple[Segment, ...]]:
         recordings = [Recording.of(work) for work, _ in batch]
-        decoded = self._pieces(recordings, [work.pieces[index] for work, index in batch])
+        # The batch with a recording's first piece detects its language; another batch thread
+        # with its later pieces waits for that (see `_decide_languages`).
+        deciding = {id(work) for work, index in batch if index == 0}
+        decoded = self._pieces(recordings, [work.pieces[index] for work, index in batch], deciding)
         return [tuple(segments) for segments in decoded]
 
-    def _pieces(self, recordings: list[Recording], cut: list[Piece]) -> list[list[Segment]]:
+    def _pieces(
+        self, recordings: list[Recording], cut: list[Piece], deciding: set[int]
+    ) -> list[list[Segment]]:
         """Each piece's segments in its recording's time. Pieces with the same encoder window
         go through the encoder and the decoder together; then the rest of each piece whose
         window stopped early, as stock decoding goes on."""
@@ -107,6 +118,7 @@ class Decoder:
                         [cut[i] for i in same],
                         [computed[i] for i in same],
                         window,
+                        deciding,
                     ),
                     strict=True,
                 ):
@@ -115,7 +127,7 @@ class Decoder:
                         again.append(i)
                         rest.append(cut[i].after(resume))
         if again:  # the rests of every piece of this batch together
-            more = self._pieces([recordings[i] for i in again], rest)
+            more = self._pieces([recordings[i] for i in again], rest, deciding)
             for i, segments in zip(again, more, strict=True):
                 decoded[i].extend(segments)
         return decoded
@@ -139,7 +151,12 @@ class Decoder:
         return int(min(whole, -(-wanted // step) * step))
 
     def _decode_window(
-        self, recordings: list[Recording], cut: list[Piece], computed: list[Any], window: int
+        self,
+        recordings: list[Recording],
+        cut: list[Piece],
+        computed: list[Any],
+        window: int,
+        deciding: set[int],
     ) -> list[tuple[list[Segment], float | None]]:
         """Pieces of one window size in one call: each one's segments, and where to decode
         the rest of it from when its window stopped early."""
@@ -148,7 +165,7 @@ class Decoder:
         model = self.model
         features = np.stack([pad_or_trim(f, window) for f in computed])
         encoder_output = self._encode(features)
-        self._decide_languages(recordings, encoder_output)
+        self._decide_languages(recordings, encoder_output, deciding)
         tokenizers = [self._tokenizer(r.language, r.task) for r in recordings]
         options = _stock_options(tokenizers[0], beam_size=self.options.beam_size)
         chosen = self._generate_with_fallback(encoder_output, features, tokenizers, options)
@@ -224,18 +241,26 @@ class Decoder:
         features = self.model.feature_extractor(piece.audio)
         return features[:, : max(features.shape[-1] - 1, 1)]
 
-    def _decide_languages(self, recordings: list[Recording], encoder_output: Any) -> None:
-        """Detect the language of each recording that has none from its items in this batch
-        (the probabilities of its pieces here averaged), among its allowed languages."""
+    def _decide_languages(
+        self, recordings: list[Recording], encoder_output: Any, deciding: set[int]
+    ) -> None:
+        """Detect the language of each recording that has none from its items in this call
+        (the probabilities of its pieces here averaged), among its allowed languages, where
+        this batch has the recording's first piece (`deciding`, ids); elsewhere wait for the
+        batch that has it. The batch with a first piece was formed before any with a later
+        piece, so the waits follow the order batches formed in and cannot go round."""
         undecided = {id(r): r for r in recordings if r.language is None}
-        if not undecided:
+        for key, recording in list(undecided.items()):
+            if key not in deciding:
+                recording.wait_decided()
+                if recording.language is not None:
+                    del undecided[key]
+        if not undecided:  # else the deciding batch failed: what is decoded here is dropped
             return
         detected = self.model.model.detect_language(encoder_output)
         for recording in undecided.values():
             mine = [d for r, d in zip(recordings, detected, strict=True) if r is recording]
-            recording.language, recording.probability = languages.most_likely(
-                mine, recording.allowed
-            )
+            recording.decide(*languages.most_likely(mine, recording.allowed))
 
     def _tokenizer(self, language: str | None, task: Task) -> Any:
         return _tokenizer(self.model.hf_tokenizer, self.multilingual, task, language)
