@@ -84,8 +84,7 @@ from .botproc import BotProcess
 from .fake_groups import GroupFakeBotAPI
 from .fakes import SentMessage
 from .media import encode_audio, video_with_sound, voice_note
-from .servers import PostgresServer
-from .test_web import free_port
+from .servers import PostgresServer, free_port
 
 CLIPS = (
     "librispeech_alif_another_door.wav",

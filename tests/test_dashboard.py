@@ -31,9 +31,9 @@ from voicebot.web.app import build_app
 from .botproc import BotProcess
 from .fakes import FakeBotAPI
 from .media import voice_note
+from .servers import free_port
 from .test_deploy import tool
 from .test_fairness import rows
-from .test_web import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "correct horse battery staple"

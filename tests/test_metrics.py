@@ -10,8 +10,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from .botproc import BotProcess
 from .fakes import FakeBotAPI
 from .media import voice_note
+from .servers import free_port
 from .test_fairness import answered
-from .test_web import free_port, get
+from .test_web import get
 
 USER = 9201
 DOCUMENTED = {

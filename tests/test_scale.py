@@ -25,10 +25,9 @@ from voicebot.web import webhook
 from .botproc import BotProcess
 from .fakes import FakeBotAPI
 from .media import encode_audio, long_speech, voice_note
-from .servers import PostgresServer, RabbitServer, running
+from .servers import PostgresServer, RabbitServer, free_port, running
 from .test_db import query
 from .test_polling import log_events
-from .test_web import free_port
 from .test_webhook import SECRET
 
 #: Clips of the English corpus and a phrase each transcript must contain.

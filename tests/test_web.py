@@ -22,16 +22,10 @@ from voicebot.health import Health, checks
 from .botproc import BotProcess
 from .fakes import FakeBotAPI
 from .media import encode_audio, long_speech
+from .servers import free_port
 from .test_fairness import rows
 
 USER = 9101
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def get(port: int, path: str) -> httpx.Response:

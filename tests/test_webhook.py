@@ -20,9 +20,10 @@ from voicebot.web import webhook
 from .botproc import BotProcess
 from .fakes import FakeBotAPI
 from .media import voice_note
+from .servers import free_port
 from .test_fairness import rows
 from .test_polling import log_events
-from .test_web import failing, free_port, get
+from .test_web import failing, get
 
 USER = 7007
 SECRET = "s3cret-token_0123456789abcdef"
