@@ -9,8 +9,6 @@ together, up to BATCH_SIZE at a time (`batching`), each with its own language an
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +23,7 @@ from voicebot import pieces
 from voicebot.audio import SAMPLE_RATE, Audio, decode
 from voicebot.batching import Batcher
 from voicebot.config import Settings
+from voicebot.engine import malloc
 from voicebot.engine.decoding import Decoder
 from voicebot.errors import (
     ModelUnavailableError,
@@ -240,30 +239,11 @@ class Engine:
         )
 
 
-def cap_malloc_arenas() -> None:
-    """One malloc arena for the whole process (glibc; elsewhere nothing happens).
-
-    glibc gives each thread that allocates under contention an arena of its own, up to eight
-    per core, and keeps what each freed for reuse by that arena alone. The encoder's and the
-    decoder's buffers (tens of MB each, from the batch thread, the VAD and levelling from job
-    threads) then pile up in several arenas: the peak of one process at BATCH_SIZE=8 fell from
-    630 to 540 MB with one arena, and from 630 to 590 MB with two, at the same speed.
-    """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):  # not glibc, or no C library found
-        return
-    m_arena_max = -8  # <malloc.h>
-    mallopt(m_arena_max, 1)
-
-
 def load_whisper(settings: Settings) -> Any:
     """Load the CTranslate2 Whisper model the settings name (blocking, seconds)."""
     from faster_whisper import WhisperModel
 
-    cap_malloc_arenas()  # before the model's threads allocate anything
+    malloc.cap_arenas()  # before the model's threads allocate anything
 
     path = resolve_model(settings.whisper_model, cache_dir=settings.model_cache_dir)
     device = settings.whisper_device

@@ -9,6 +9,7 @@ of `batching` call a `Decoder` with each batch.
 from __future__ import annotations
 
 import inspect
+import threading
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ import structlog
 
 from voicebot import languages, pieces
 from voicebot.batching import Item
+from voicebot.engine import malloc
 from voicebot.pieces import Piece
 from voicebot.recording import (
     Attempt,
@@ -37,7 +39,7 @@ log = structlog.get_logger(__name__)
 #: items' windows together: four whole windows, eight of 15 s. The decoder keeps the encoder's
 #: output for every beam of every item, about 95 MB a whole window at beam 5 with `base`. Peak
 #: memory of one process at BATCH_SIZE=8 (a burst of 16 notes, then a 223-s recording; one
-#: malloc arena, see `engine.cap_malloc_arenas`): 480-540 MB at two to four whole windows,
+#: malloc arena, see `engine.malloc`): 480-540 MB at two to four whole windows,
 #: 650-690 MB at six to eight; the 223-s recording took 8.9, 7.9 and 6.9 s at two, three, four.
 CALL_FRAMES = 4 * 3000
 DEFAULT_BEAM = 5
@@ -51,6 +53,8 @@ class Decoder:
     def __init__(self, model: Any, options: Options) -> None:
         self.model = model
         self.options = options
+        self._running = 0  # batches being decoded now, one per batch thread
+        self._counting = threading.Lock()
 
     @property
     def multilingual(self) -> bool:
@@ -61,6 +65,17 @@ class Decoder:
         self, batch: list[Item[Piece, tuple[Segment, ...]]]
     ) -> list[tuple[Segment, ...] | Exception]:
         """One batch (a batch thread); an item that fails alone fails only its recording."""
+        with self._counting:
+            self._running += 1
+        try:
+            return self._decode(batch)
+        finally:
+            with self._counting:
+                self._running -= 1
+
+    def _decode(
+        self, batch: list[Item[Piece, tuple[Segment, ...]]]
+    ) -> list[tuple[Segment, ...] | Exception]:
         try:
             return list(self._together(batch))
         except (RuntimeError, ValueError, MemoryError) as error:
@@ -277,7 +292,7 @@ class Decoder:
             }
         else:
             search = {"beam_size": options.beam_size, "patience": options.patience}
-        return self.model.model.generate(
+        generated = self.model.model.generate(
             encoder_output,
             prompts,
             length_penalty=options.length_penalty,
@@ -293,6 +308,11 @@ class Decoder:
             ),
             **search,
         )
+        if self._running > 1:
+            # Another batch thread may be encoding: its peak would come on top of what this
+            # call freed and glibc kept (a lone batch keeps it, to reuse without page faults).
+            malloc.give_back()
+        return generated
 
 
 @cache
