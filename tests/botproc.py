@@ -43,7 +43,9 @@ class BotProcess:
             # No HTTP app unless a test asks for one on a port of its own: bots run side by side.
             "HTTP_PORT": "0",
             # One job at a time, so places in line, cancels and progress edits come in an order
-            # a test can wait for; the chaos, scale-out and batching tests run batches.
+            # a test can wait for; the chaos, scale-out and batching tests run batches (and the
+            # chaos test two batch loops, the default).
+            "WORKERS": "1",
             "BATCH_SIZE": "1",
             **env,
         }

@@ -78,8 +78,8 @@ def _together(engine: Engine, sources: Sequence[bytes | np.ndarray]) -> list[obj
 
 @pytest.fixture(scope="module")
 def batched(base_engine: Engine) -> Iterator[Engine]:
-    """The bundled `base` model, four pieces a batch."""
-    engine = Engine(base_engine.model, replace(base_engine.options, batch_size=4))
+    """The bundled `base` model, four pieces a batch, one batch loop."""
+    engine = Engine(base_engine.model, replace(base_engine.options, batch_size=4, workers=1))
     yield engine
     engine.close()
 

@@ -47,7 +47,8 @@ that was not killed runs alone while the other starts); a start-up kill starts i
 fraction of their own start-up time.
 
 Every mode decodes in batches (BATCH_SIZE=4, recordings of several people together), so kills
-land mid-batch too.
+land mid-batch too; `voicebot run` with two batch loops (WORKERS=2, the default), so a long
+recording is often decoded on both at once.
 
 The checks read the database through its URL (`query`): the SQLite file, or PostgreSQL.
 
@@ -768,10 +769,13 @@ def cluster(
             "WEBHOOK_SECRET": "chaos-secret-0123456789",
         }
         made = Processes(
-            {"bot": BotProcess(api, tmp_path, model_cache, **common, **receiving)}, "setWebhook"
+            {"bot": BotProcess(api, tmp_path, model_cache, **common, **receiving, WORKERS="2")},
+            "setWebhook",
         )
     else:
-        made = Processes({"bot": BotProcess(api, tmp_path, model_cache, **common)}, "getUpdates")
+        made = Processes(
+            {"bot": BotProcess(api, tmp_path, model_cache, **common, WORKERS="2")}, "getUpdates"
+        )
     try:
         yield made
     finally:

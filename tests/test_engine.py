@@ -115,7 +115,7 @@ def test_progress_reaches_total(tiny_engine: Engine, long_audio: np.ndarray) -> 
 
 def test_cancel_between_batches(tiny_engine: Engine, long_audio: np.ndarray) -> None:
     """Cancelled after its first piece, a recording stops: nothing more is reported."""
-    engine = Engine(tiny_engine.model, replace(tiny_engine.options, batch_size=1))
+    engine = Engine(tiny_engine.model, replace(tiny_engine.options, batch_size=1, workers=1))
     cancel = threading.Event()
     calls: list[float] = []
 

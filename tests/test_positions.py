@@ -134,6 +134,7 @@ async def test_a_burst_of_200_waiting_jobs_is_edited_front_first_within_the_budg
         data_dir=tmp_path,
         position_edits_per_second=20,
         progress_interval_seconds=1,
+        workers=1,
         batch_size=1,  # one job at a time, as the one slot below
     )
     bot = build_bot(settings)
