@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import make_url
 
 from voicebot import texts
 
+from .botproc import bot_database
 from .fakes import FakeBotAPI, SentMessage
 from .media import encode_audio, long_speech, voice_note
 from .test_fairness import answered, job_ids, rows, run_bot, text_of
@@ -54,9 +56,9 @@ def buttons(message: SentMessage) -> list[str]:
     return [str(button.get("callback_data")) for row in rows_ for button in row]
 
 
-def file_id_of(workdir: Path, job_id: int) -> str:
-    """The Telegram file id of a job's recording."""
-    ((file_id,),) = rows(workdir, f"SELECT file_id FROM jobs WHERE id = {job_id}")
+def file_id_of(where: Path | str, job_id: int) -> str:
+    """The Telegram file id of a job's recording (`where`: as for `rows`)."""
+    ((file_id,),) = rows(where, f"SELECT file_id FROM jobs WHERE id = {job_id}")
     return str(file_id)
 
 
@@ -83,14 +85,18 @@ async def transcribing(api: FakeBotAPI, chat_id: int, message_id: int) -> None:
     await api.wait_for(lambda: "%" in text_of(api, chat_id, message_id), 60, "a progress edit")
 
 
-def cancelled_elsewhere(workdir: Path, job_id: int) -> None:
+def cancelled_elsewhere(database_url: str, job_id: int) -> None:
     """What another bot process's cancel does: the conditional update, in the database."""
-    with closing(sqlite3.connect(workdir / "data" / "voicebot.db", timeout=10)) as db, db:
-        db.execute(
-            "UPDATE jobs SET status = 'cancelled', finished_at = CURRENT_TIMESTAMP"
-            " WHERE id = ? AND status IN ('queued', 'running')",
-            (job_id,),
-        )
+    update = (
+        "UPDATE jobs SET status = 'cancelled', finished_at = CURRENT_TIMESTAMP"
+        f" WHERE id = {job_id} AND status IN ('queued', 'running')"
+    )
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        rows(database_url, update)  # asyncpg commits each statement on its own
+        return
+    with closing(sqlite3.connect(str(url.database), timeout=10)) as db, db:
+        db.execute(update)
 
 
 @pytest.mark.exclusive  # STOP_WITHIN: timed on a machine no busier than a serial run's
@@ -100,10 +106,13 @@ async def test_cancel_a_queued_job_a_running_one_and_one_cancelled_elsewhere(
     model_cache: Path,
     notes: dict[str, bytes],
     long_notes: list[bytes],
+    database_url: str,
 ) -> None:
     """A queued job never starts; a running one stops within 2 s and the next job starts; so
     does one cancelled by another process. Nothing of theirs is stored or charged."""
-    bot = await run_bot(api, tmp_path, model_cache, USER_MAX_ACTIVE_JOBS="10")
+    bot = await run_bot(
+        api, tmp_path, model_cache, USER_MAX_ACTIVE_JOBS="10", **bot_database(database_url)
+    )
     first = api.send_voice(USER, long_notes[0], duration=150)
     await shows(api, USER, first, texts.TRANSCRIBING)
     queued = api.send_voice(USER, notes["another door"], duration=4)
@@ -111,7 +120,7 @@ async def test_cancel_a_queued_job_a_running_one_and_one_cancelled_elsewhere(
     last = api.send_voice(USER, notes["not poison"], duration=4)
     for place, message_id in enumerate((queued, second, last), 1):
         await shows(api, USER, message_id, f"Queued, position {place}")
-    ids = job_ids(tmp_path)
+    ids = job_ids(database_url)
     job = {message_id: ids[USER, message_id] for message_id in (first, queued, second, last)}
     for message_id, job_id in job.items():
         assert buttons(status(api, USER, message_id)) == [f"cancel:{job_id}"]
@@ -130,7 +139,7 @@ async def test_cancel_a_queued_job_a_running_one_and_one_cancelled_elsewhere(
     assert buttons(status(api, USER, first)) == [f"cancel:{job[first]}"]
     pressed_at = time.monotonic()
     pressed = api.press_button(USER, status(api, USER, first).message_id, f"cancel:{job[first]}")
-    second_file = file_id_of(tmp_path, job[second])
+    second_file = file_id_of(database_url, job[second])
     await api.wait_for(lambda: bool(downloads_of(api, second_file)), 10, "the next job")
     stopped = downloads_of(api, second_file)[0] - pressed_at
     assert stopped < STOP_WITHIN, f"the next job started {stopped:.2f} s after the press"
@@ -141,8 +150,8 @@ async def test_cancel_a_queued_job_a_running_one_and_one_cancelled_elsewhere(
     # Cancelled by another process: this one notices in the database and stops it too.
     await transcribing(api, USER, second)
     cancelled_at = time.monotonic()
-    cancelled_elsewhere(tmp_path, job[second])
-    last_file = file_id_of(tmp_path, job[last])
+    cancelled_elsewhere(database_url, job[second])
+    last_file = file_id_of(database_url, job[last])
     await api.wait_for(lambda: bool(downloads_of(api, last_file)), 10, "the last job")
     noticed = downloads_of(api, last_file)[0] - cancelled_at
     assert noticed < STOP_WITHIN, f"the last job started {noticed:.2f} s after the cancel"
@@ -155,17 +164,17 @@ async def test_cancel_a_queued_job_a_running_one_and_one_cancelled_elsewhere(
     assert await bot.stop() == 0, bot.output()
     print(f"\npress -> next job's getFile {stopped:.2f} s; database -> {noticed:.2f} s")
 
-    states = dict(rows(tmp_path, "SELECT id, status FROM jobs"))
+    states = dict(rows(database_url, "SELECT id, status FROM jobs"))
     assert states == {
         job[first]: "cancelled",
         job[queued]: "cancelled",
         job[second]: "cancelled",
         job[last]: "done",
     }
-    assert not downloads_of(api, file_id_of(tmp_path, job[queued]))  # never started
-    assert rows(tmp_path, "SELECT job_id FROM usage") == [(job[last],)]  # nothing else charged
-    assert rows(tmp_path, "SELECT COUNT(*) FROM transcripts") == [(1,)]
-    assert rows(tmp_path, "SELECT COUNT(*) FROM jobs WHERE finished_at IS NULL") == [(0,)]
+    assert not downloads_of(api, file_id_of(database_url, job[queued]))  # never started
+    assert rows(database_url, "SELECT job_id FROM usage") == [(job[last],)]  # nothing else charged
+    assert rows(database_url, "SELECT COUNT(*) FROM transcripts") == [(1,)]
+    assert rows(database_url, "SELECT COUNT(*) FROM jobs WHERE finished_at IS NULL") == [(0,)]
     stops = {int(str(e["job_id"])): e["running"] for e in log_events(bot, "job_cancelled")}
     assert stops == {job[first]: True, job[queued]: False, job[second]: True}
     assert [int(str(e["job_id"])) for e in log_events(bot, "job_transcribed")] == [job[last]]
@@ -177,23 +186,24 @@ async def test_only_the_sender_or_an_admin_may_cancel_and_a_late_press_is_told(
     model_cache: Path,
     notes: dict[str, bytes],
     long_notes: list[bytes],
+    database_url: str,
 ) -> None:
     """Someone else's press is refused with an alert; an admin's works; a press after the
     transcript says it is finished; a cancelled job stays cancelled across a SIGKILL."""
-    env = {"ADMIN_IDS": str(ADMIN), "USER_MAX_ACTIVE_JOBS": "10"}
+    env = {"ADMIN_IDS": str(ADMIN), "USER_MAX_ACTIVE_JOBS": "10", **bot_database(database_url)}
     bot = await run_bot(api, tmp_path, model_cache, **env)
     long = api.send_voice(USER, long_notes[2], duration=150)
     await shows(api, USER, long, texts.TRANSCRIBING)
     short = api.send_voice(USER, notes["testing routine"], duration=3)
     await shows(api, USER, short, "Queued, position 1")
-    ids = job_ids(tmp_path)
+    ids = job_ids(database_url)
     long_job, short_job = ids[USER, long], ids[USER, short]
     short_status = status(api, USER, short).message_id
 
     # Someone else (in a group where both see the message) may not cancel it.
     refused = api.press_button(OTHER, short_status, f"cancel:{short_job}", chat_id=USER)
     assert await answer_to(api, refused) == {"text": texts.CANCEL_NOT_YOURS, "show_alert": True}
-    assert rows(tmp_path, f"SELECT status FROM jobs WHERE id = {short_job}") == [("queued",)]
+    assert rows(database_url, f"SELECT status FROM jobs WHERE id = {short_job}") == [("queued",)]
     assert text_of(api, USER, short) == "Queued, position 1"
     assert buttons(status(api, USER, short)) == [f"cancel:{short_job}"]
 
@@ -213,10 +223,12 @@ async def test_only_the_sender_or_an_admin_may_cancel_and_a_late_press_is_told(
     late = api.press_button(USER, short_status, f"cancel:{short_job}", stale=True)
     assert await answer_to(api, late) == {"text": texts.CANCEL_FINISHED, "show_alert": True}
     assert text_of(api, USER, short) == transcript
-    assert rows(tmp_path, "SELECT job_id FROM usage") == [(short_job,)]
+    assert rows(database_url, "SELECT job_id FROM usage") == [(short_job,)]
     # The job is marked done just after its transcript is shown; the late press changed nothing.
     await api.wait_for(
-        lambda: rows(tmp_path, f"SELECT status FROM jobs WHERE id = {short_job}") == [("done",)],
+        lambda: (
+            rows(database_url, f"SELECT status FROM jobs WHERE id = {short_job}") == [("done",)]
+        ),
         10,
         "the short job done",
     )
@@ -226,15 +238,15 @@ async def test_only_the_sender_or_an_admin_may_cancel_and_a_late_press_is_told(
     await shows(api, USER, busy, texts.TRANSCRIBING)
     dropped = api.send_voice(USER, notes["another door"], duration=4)
     await shows(api, USER, dropped, "Queued, position 1")
-    dropped_job = job_ids(tmp_path)[USER, dropped]
+    dropped_job = job_ids(database_url)[USER, dropped]
     dropped_status = status(api, USER, dropped).message_id
     pressed = api.press_button(USER, dropped_status, f"cancel:{dropped_job}")
     assert await answer_to(api, pressed) == {"text": texts.CANCEL_DONE, "show_alert": False}
     assert await bot.stop(signal.SIGKILL) == -signal.SIGKILL
     again = await run_bot(api, tmp_path, model_cache, **env)
-    busy_job = job_ids(tmp_path)[USER, busy]
+    busy_job = job_ids(database_url)[USER, busy]
     await api.wait_for(
-        lambda: rows(tmp_path, f"SELECT status FROM jobs WHERE id = {busy_job}") == [("done",)],
+        lambda: rows(database_url, f"SELECT status FROM jobs WHERE id = {busy_job}") == [("done",)],
         90,
         "the busy job answered",
     )
@@ -243,6 +255,8 @@ async def test_only_the_sender_or_an_admin_may_cancel_and_a_late_press_is_told(
     # The cancelled one comes back only when the kill beat its "Cancelled" (jobs.told_at):
     # then it is told again, and still never runs.
     assert recovered["job_ids"] in ([busy_job], [busy_job, dropped_job]), recovered
-    assert not downloads_of(api, file_id_of(tmp_path, dropped_job))
+    assert not downloads_of(api, file_id_of(database_url, dropped_job))
     assert text_of(api, USER, dropped) == texts.CANCELLED
-    assert rows(tmp_path, f"SELECT status FROM jobs WHERE id = {dropped_job}") == [("cancelled",)]
+    assert rows(database_url, f"SELECT status FROM jobs WHERE id = {dropped_job}") == [
+        ("cancelled",)
+    ]

@@ -6,13 +6,15 @@ import asyncio
 import signal
 import sqlite3
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 from sqlalchemy.exc import IntegrityError
 
 from voicebot import texts
@@ -151,10 +153,29 @@ async def answered(api: FakeBotAPI, chat_id: int, message_id: int, phrase: str) 
     )
 
 
-def rows(workdir: Path, sql: str) -> list[tuple[object, ...]]:
-    """Rows from the bot's database."""
-    with closing(sqlite3.connect(workdir / "data" / "voicebot.db")) as connection:
+def rows(where: Path | str, sql: str) -> list[tuple[object, ...]]:
+    """Rows from the bot's database: the SQLite file of the bot's work folder `where`, or the
+    database at `where`, a URL (the `database_url` fixture's). Blocking: a PostgreSQL query
+    runs on a loop of its own in a thread (the test's loop is waiting in this call)."""
+    if isinstance(where, Path):
+        database = where / "data" / "voicebot.db"
+    else:
+        url = make_url(where)
+        if url.get_backend_name() != "sqlite":
+            dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+            with ThreadPoolExecutor(1) as thread:
+                return thread.submit(asyncio.run, _postgres_rows(dsn, sql)).result()
+        database = Path(str(url.database))
+    with closing(sqlite3.connect(database)) as connection:
         return connection.execute(sql).fetchall()
+
+
+async def _postgres_rows(dsn: str, sql: str) -> list[tuple[object, ...]]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return [tuple(row) for row in await connection.fetch(sql)]
+    finally:
+        await connection.close()
 
 
 async def seed_users(workdir: Path, *users: tuple[int, str, str | None]) -> None:
@@ -305,9 +326,9 @@ async def test_a_flood_does_not_hold_up_everyone_else(
     assert await bot.stop(signal.SIGKILL) == -signal.SIGKILL
 
 
-def job_ids(workdir: Path) -> dict[tuple[int, int], int]:
-    """Job ids by (chat_id, message_id)."""
-    found = rows(workdir, "SELECT chat_id, message_id, id FROM jobs")
+def job_ids(where: Path | str) -> dict[tuple[int, int], int]:
+    """Job ids by (chat_id, message_id) (`where`: as for `rows`)."""
+    found = rows(where, "SELECT chat_id, message_id, id FROM jobs")
     return {(int(c), int(m)): int(i) for c, m, i in found}  # type: ignore[call-overload]
 
 
