@@ -15,6 +15,7 @@ import pytest
 
 from voicebot import texts
 
+from .botproc import bot_database
 from .fake_groups import ANONYMOUS_ADMIN_BOT, GroupFakeBotAPI
 from .fakes import SentMessage
 from .media import encode_audio, long_speech, voice_note
@@ -66,33 +67,33 @@ async def polled_again(api: GroupFakeBotAPI) -> None:
     await api.wait_for(confirmed, 30, f"update {last} confirmed")
 
 
-def job_of(workdir: Path, chat_id: int, message_id: int) -> list[tuple[object, ...]]:
+def job_of(where: Path | str, chat_id: int, message_id: int) -> list[tuple[object, ...]]:
     """(user_id, status, error_code, thread_id, priority) of the job of a message, if any."""
     return rows(
-        workdir,
+        where,
         "SELECT user_id, status, error_code, thread_id, priority FROM jobs"
         f" WHERE chat_id = {chat_id} AND message_id = {message_id}",
     )
 
 
-async def finished(workdir: Path, chat_id: int, message_id: int) -> list[tuple[object, ...]]:
+async def finished(where: Path | str, chat_id: int, message_id: int) -> list[tuple[object, ...]]:
     """Wait until the job of a message is done or failed; then `job_of` it."""
 
     def final() -> bool:
-        found = job_of(workdir, chat_id, message_id)
+        found = job_of(where, chat_id, message_id)
         return bool(found) and found[0][1] in ("done", "failed")
 
     deadline = asyncio.get_running_loop().time() + 30
     while not final():
         assert asyncio.get_running_loop().time() < deadline, (chat_id, message_id)
         await asyncio.sleep(0.05)
-    return job_of(workdir, chat_id, message_id)
+    return job_of(where, chat_id, message_id)
 
 
-def chat_row(workdir: Path, chat_id: int) -> tuple[object, ...]:
+def chat_row(where: Path | str, chat_id: int) -> tuple[object, ...]:
     """(mode, media_files, left_at, migrated_to_chat_id) of a chat."""
     (found,) = rows(
-        workdir,
+        where,
         f"SELECT mode, media_files, left_at, migrated_to_chat_id FROM chats WHERE id = {chat_id}",
     )
     return found
@@ -107,14 +108,18 @@ async def press(
 
 
 async def test_modes_settings_topics_and_the_privacy_warning(
-    api: GroupFakeBotAPI, tmp_path: Path, model_cache: Path, notes: dict[str, bytes]
+    api: GroupFakeBotAPI,
+    tmp_path: Path,
+    model_cache: Path,
+    notes: dict[str, bytes],
+    database_url: str,
 ) -> None:
     """In a forum topic: the privacy-mode warning, auto mode, admin-only settings, command mode
     with /transcribe and a mention, the media-files switch, and off."""
     group, topic = -1001500, 7
     api.add_group(group, "Team", topics=(topic,))
     api.set_member(group, ADMIN, "administrator")
-    bot = await run_bot(api, tmp_path, model_cache)
+    bot = await run_bot(api, tmp_path, model_cache, **bot_database(database_url))
 
     # Added as a member with privacy mode on: the intro says how to fix it.
     api.add_bot(group, by=ADMIN)
@@ -130,7 +135,7 @@ async def test_modes_settings_topics_and_the_privacy_warning(
     # Auto (the default): a voice note in the topic is answered there, as a reply to it.
     first = api.send_group_voice(group, MEMBER, notes["another door"], duration=4, thread_id=topic)
     await answered(api, group, first, "another door")
-    assert await finished(tmp_path, group, first) == [(MEMBER, "done", None, topic, 0)]
+    assert await finished(database_url, group, first) == [(MEMBER, "done", None, topic, 0)]
     sent = [
         c
         for c in api.calls_of("sendMessage")
@@ -149,11 +154,11 @@ async def test_modes_settings_topics_and_the_privacy_warning(
     assert refused == {"text": texts.groups.settings_admins_only(), "show_alert": True}
     crafted = await press(api, ADMIN, group, menu, "gs:mode:everything")
     assert crafted == {"text": texts.groups.settings_button_unknown(), "show_alert": True}
-    assert chat_row(tmp_path, group)[:2] == ("auto", 1)
+    assert chat_row(database_url, group)[:2] == ("auto", 1)
     assert await press(api, ADMIN, group, menu, "gs:mode:command") == {
         "text": texts.groups.settings_saved()
     }
-    assert chat_row(tmp_path, group)[:2] == ("command", 1)  # committed before the answer
+    assert chat_row(database_url, group)[:2] == ("command", 1)  # committed before the answer
     await api.wait_for(lambda: "Mode: On /transcribe" in (menu.text or ""), 10, "menu edited")
     labels = [b["text"] for row in menu.reply_markup["inline_keyboard"] for b in row]
     assert "✓ On /transcribe" in labels
@@ -167,11 +172,11 @@ async def test_modes_settings_topics_and_the_privacy_warning(
     lonely = api.send_group_text(group, MEMBER, "/transcribe", thread_id=topic)
     await api.wait_for(lambda: text_of(api, group, lonely) == texts.groups.transcribe_usage())
     await polled_again(api)
-    assert await finished(tmp_path, group, second) == [(OTHER, "done", None, topic, 0)]
+    assert await finished(database_url, group, second) == [(OTHER, "done", None, topic, 0)]
     third = api.send_group_voice(group, MEMBER, notes["testing routine"], duration=3)
     api.send_group_text(group, OTHER, f"@{BOT} what does it say?", reply_to=third)
     await answered(api, group, third, "testing routine")
-    assert await finished(tmp_path, group, third) == [(OTHER, "done", None, None, 0)]
+    assert await finished(database_url, group, third) == [(OTHER, "done", None, None, 0)]
 
     # Auto without audio and video files: a file is skipped, a voice note is not.
     assert await press(api, ADMIN, group, menu, "gs:mode:auto") == {
@@ -181,12 +186,12 @@ async def test_modes_settings_topics_and_the_privacy_warning(
     assert await press(api, ADMIN, group, menu, "gs:files:off") == {
         "text": texts.groups.settings_saved()
     }
-    assert chat_row(tmp_path, group)[:2] == ("auto", 0)
+    assert chat_row(database_url, group)[:2] == ("auto", 0)
     document = api.send_group_audio_file(group, MEMBER, notes["another engineer"])
     fourth = api.send_group_voice(group, MEMBER, notes["another engineer"], duration=4)
     await answered(api, group, fourth, "another engineer")
     await polled_again(api)
-    assert job_of(tmp_path, group, document) == []
+    assert job_of(database_url, group, document) == []
 
     # Off: nothing, and /transcribe says why.
     assert await press(api, ADMIN, group, menu, "gs:mode:off") == {
@@ -196,7 +201,7 @@ async def test_modes_settings_topics_and_the_privacy_warning(
     asked = api.send_group_text(group, OTHER, "/transcribe", reply_to=fifth)
     await api.wait_for(lambda: text_of(api, group, asked) == texts.groups.transcription_off())
     await polled_again(api)
-    assert job_of(tmp_path, group, fifth) == []
+    assert job_of(database_url, group, fifth) == []
     assert text_of(api, group, fifth) == ""
 
     assert await bot.stop() == 0, bot.output()
@@ -204,7 +209,12 @@ async def test_modes_settings_topics_and_the_privacy_warning(
 
 
 async def test_anonymous_admin_migration_and_removal(
-    api: GroupFakeBotAPI, tmp_path: Path, model_cache: Path, notes: dict[str, bytes], corpus: Path
+    api: GroupFakeBotAPI,
+    tmp_path: Path,
+    model_cache: Path,
+    notes: dict[str, bytes],
+    corpus: Path,
+    database_url: str,
 ) -> None:
     """An anonymous admin's recording is the group's; a move to a supergroup takes the settings
     along; jobs waiting in a group that moved or that removed the bot end quietly, uncharged."""
@@ -212,7 +222,9 @@ async def test_anonymous_admin_migration_and_removal(
     api.add_group(old, "Family", kind="group")
     api.add_group(club, "Club")
     api.set_member(old, ADMIN, "creator")
-    bot = await run_bot(api, tmp_path, model_cache, USER_MAX_ACTIVE_JOBS="10")
+    bot = await run_bot(
+        api, tmp_path, model_cache, USER_MAX_ACTIVE_JOBS="10", **bot_database(database_url)
+    )
     api.can_read_all_group_messages = True
     api.add_bot(old, by=ADMIN)
     api.add_bot(club, by=ADMIN)
@@ -222,9 +234,9 @@ async def test_anonymous_admin_migration_and_removal(
     # An anonymous administrator writes as the group: the group is the sender (and pays).
     anonymous = api.send_group_voice(old, 0, notes["another door"], duration=4, anonymous=True)
     await answered(api, old, anonymous, "another door")
-    assert await finished(tmp_path, old, anonymous) == [(old, "done", None, None, 0)]
-    assert rows(tmp_path, f"SELECT first_name FROM users WHERE id = {old}") == [("Family",)]
-    assert rows(tmp_path, f"SELECT id FROM users WHERE id = {ANONYMOUS_ADMIN_BOT['id']}") == []
+    assert await finished(database_url, old, anonymous) == [(old, "done", None, None, 0)]
+    assert rows(database_url, f"SELECT first_name FROM users WHERE id = {old}") == [("Family",)]
+    assert rows(database_url, f"SELECT id FROM users WHERE id = {ANONYMOUS_ADMIN_BOT['id']}") == []
 
     # A long recording holds the one slot while a job waits in each group.
     long = encode_audio(np.concatenate([long_speech(corpus)] * 3))
@@ -244,33 +256,34 @@ async def test_anonymous_admin_migration_and_removal(
     api.remove_bot(club, by=ADMIN)
     await api.wait_for(
         lambda: (
-            rows(tmp_path, f"SELECT migrated_to_chat_id FROM chats WHERE id = {old}") == [(new,)]
+            rows(database_url, f"SELECT migrated_to_chat_id FROM chats WHERE id = {old}")
+            == [(new,)]
         ),
         30,
         "migration recorded",
     )
-    assert chat_row(tmp_path, new) == ("command", 1, None, None)
-    await api.wait_for(lambda: chat_row(tmp_path, club)[2] is not None, 30, "removal recorded")
+    assert chat_row(database_url, new) == ("command", 1, None, None)
+    await api.wait_for(lambda: chat_row(database_url, club)[2] is not None, 30, "removal recorded")
 
     # The waiting jobs end quietly when their turn comes: nothing downloaded or charged.
     done = f"SELECT status FROM jobs WHERE chat_id = {USER} AND message_id = {holder}"
-    await api.wait_for(lambda: rows(tmp_path, done) == [("done",)], 120, "the long job")
+    await api.wait_for(lambda: rows(database_url, done) == [("done",)], 120, "the long job")
     for chat_id, message_id, reason in (
         (old, moved, "chat_migrated"),
         (club, removed, "chat_left"),
     ):
         await api.wait_for(
-            lambda c=chat_id, m=message_id: job_of(tmp_path, c, m)[0][1] == "failed", 30, reason
+            lambda c=chat_id, m=message_id: job_of(database_url, c, m)[0][1] == "failed", 30, reason
         )
-        assert job_of(tmp_path, chat_id, message_id) == [(MEMBER, "failed", reason, None, 0)]
-    charged = rows(tmp_path, "SELECT j.chat_id FROM usage u JOIN jobs j ON j.id = u.job_id")
+        assert job_of(database_url, chat_id, message_id) == [(MEMBER, "failed", reason, None, 0)]
+    charged = rows(database_url, "SELECT j.chat_id FROM usage u JOIN jobs j ON j.id = u.job_id")
     assert sorted(chat for (chat,) in charged) == sorted([old, USER])
 
     # In the supergroup the settings hold: a recording waits for /transcribe.
     there = api.send_group_voice(new, MEMBER, notes["another engineer"], duration=4)
     api.send_group_text(new, OTHER, "/transcribe", reply_to=there)
     await answered(api, new, there, "another engineer")
-    assert await finished(tmp_path, new, there) == [(OTHER, "done", None, None, 0)]
+    assert await finished(database_url, new, there) == [(OTHER, "done", None, None, 0)]
 
     assert await bot.stop() == 0, bot.output()
     dropped = {(e["chat_id"], e["reason"]) for e in log_events(bot, "job_dropped")}
@@ -280,29 +293,33 @@ async def test_anonymous_admin_migration_and_removal(
 
 
 async def test_a_group_plan_counts_for_recordings_in_that_group(
-    api: GroupFakeBotAPI, tmp_path: Path, model_cache: Path, notes: dict[str, bytes]
+    api: GroupFakeBotAPI,
+    tmp_path: Path,
+    model_cache: Path,
+    notes: dict[str, bytes],
+    database_url: str,
 ) -> None:
     """/grant with a group's id: a member out of free minutes is served there (premium's
     allowance and priority, charged to them), and still refused in another group."""
     paid, unpaid, owner = -1002700, -1002800, 9000
     api.add_group(paid, "Paid")
     api.add_group(unpaid, "Unpaid")
-    env = {"ADMIN_IDS": str(owner), "DAILY_QUOTA_SECONDS": "2"}
+    env = {"ADMIN_IDS": str(owner), "DAILY_QUOTA_SECONDS": "2", **bot_database(database_url)}
     bot = await run_bot(api, tmp_path, model_cache, PREMIUM_DAILY_QUOTA_SECONDS="600", **env)
     granted = api.send_text(owner, f"/grant {paid} premium 30")
     await api.wait_for(lambda: bool(said(api, owner, "is now on premium")), 30, "granted")
     assert granted
-    assert rows(tmp_path, f"SELECT plan FROM users WHERE id = {paid}") == [("premium",)]
+    assert rows(database_url, f"SELECT plan FROM users WHERE id = {paid}") == [("premium",)]
 
     refused = api.send_group_voice(unpaid, MEMBER, notes["another door"], duration=4)
     await api.wait_for(lambda: "you have 2 s left today" in text_of(api, unpaid, refused), 30)
     served = api.send_group_voice(paid, MEMBER, notes["another door"], duration=4)
     await answered(api, paid, served, "another door")
-    assert await finished(tmp_path, paid, served) == [(MEMBER, "done", None, None, 1)]
-    ((user_id, charged),) = rows(tmp_path, "SELECT user_id, charged_seconds FROM usage")
+    assert await finished(database_url, paid, served) == [(MEMBER, "done", None, None, 1)]
+    ((user_id, charged),) = rows(database_url, "SELECT user_id, charged_seconds FROM usage")
     assert user_id == MEMBER
     assert 3 < float(charged) < 5  # type: ignore[arg-type]
-    assert job_of(tmp_path, unpaid, refused) == []
+    assert job_of(database_url, unpaid, refused) == []
     assert await bot.stop() == 0, bot.output()
 
     # The command line takes a group's negative id as well.
@@ -311,9 +328,9 @@ async def test_a_group_plan_counts_for_recordings_in_that_group(
         [sys.executable, "-m", "voicebot", "users", "grant", str(unpaid), "--plan", "unlimited"],
         capture_output=True,
         text=True,
-        env={**os.environ, "DATA_DIR": str(tmp_path / "data")},
+        env={**os.environ, "DATA_DIR": str(tmp_path / "data"), **bot_database(database_url)},
         timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert rows(tmp_path, f"SELECT plan FROM users WHERE id = {unpaid}") == [("unlimited",)]
+    assert rows(database_url, f"SELECT plan FROM users WHERE id = {unpaid}") == [("unlimited",)]
