@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 import time
-from contextlib import closing
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import make_url
 
 from voicebot import texts
 
 from .botproc import bot_database
 from .fakes import FakeBotAPI, SentMessage
 from .media import encode_audio, long_speech, voice_note
-from .test_fairness import answered, job_ids, rows, run_bot, text_of
+from .test_fairness import answered, execute, job_ids, rows, run_bot, text_of
 from .test_polling import log_events
 
 CLIPS = {
@@ -87,16 +84,11 @@ async def transcribing(api: FakeBotAPI, chat_id: int, message_id: int) -> None:
 
 def cancelled_elsewhere(database_url: str, job_id: int) -> None:
     """What another bot process's cancel does: the conditional update, in the database."""
-    update = (
+    execute(
+        database_url,
         "UPDATE jobs SET status = 'cancelled', finished_at = CURRENT_TIMESTAMP"
-        f" WHERE id = {job_id} AND status IN ('queued', 'running')"
+        f" WHERE id = {job_id} AND status IN ('queued', 'running')",
     )
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite":
-        rows(database_url, update)  # asyncpg commits each statement on its own
-        return
-    with closing(sqlite3.connect(str(url.database), timeout=10)) as db, db:
-        db.execute(update)
 
 
 @pytest.mark.exclusive  # STOP_WITHIN: timed on a machine no busier than a serial run's

@@ -157,17 +157,35 @@ def rows(where: Path | str, sql: str) -> list[tuple[object, ...]]:
     """Rows from the bot's database: the SQLite file of the bot's work folder `where`, or the
     database at `where`, a URL (the `database_url` fixture's). Blocking: a PostgreSQL query
     runs on a loop of its own in a thread (the test's loop is waiting in this call)."""
-    if isinstance(where, Path):
-        database = where / "data" / "voicebot.db"
-    else:
-        url = make_url(where)
-        if url.get_backend_name() != "sqlite":
-            dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
-            with ThreadPoolExecutor(1) as thread:
-                return thread.submit(asyncio.run, _postgres_rows(dsn, sql)).result()
-        database = Path(str(url.database))
+    database = _sqlite_file(where)
+    if database is None:
+        return _on_postgres(str(where), sql)
     with closing(sqlite3.connect(database)) as connection:
         return connection.execute(sql).fetchall()
+
+
+def execute(where: Path | str, sql: str) -> None:
+    """Run a statement on the bot's database (`where`: as for `rows`) and commit it: what
+    another process does to it."""
+    database = _sqlite_file(where)
+    if database is None:
+        _on_postgres(str(where), sql)  # asyncpg commits each statement on its own
+        return
+    with closing(sqlite3.connect(database, timeout=10)) as connection, connection:
+        connection.execute(sql)
+
+
+def _sqlite_file(where: Path | str) -> Path | None:
+    if isinstance(where, Path):
+        return where / "data" / "voicebot.db"
+    url = make_url(where)
+    return Path(str(url.database)) if url.get_backend_name() == "sqlite" else None
+
+
+def _on_postgres(url: str, sql: str) -> list[tuple[object, ...]]:
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, _postgres_rows(dsn, sql)).result()
 
 
 async def _postgres_rows(dsn: str, sql: str) -> list[tuple[object, ...]]:

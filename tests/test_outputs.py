@@ -5,8 +5,6 @@ from __future__ import annotations
 import io
 import itertools
 import re
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -15,10 +13,10 @@ import webvtt
 
 from voicebot import texts
 
-from .botproc import BotProcess
+from .botproc import BotProcess, bot_database
 from .fakes import FakeBotAPI, SentMessage
 from .media import voice_note
-from .test_fairness import job_ids, rows
+from .test_fairness import execute, job_ids, rows
 from .test_language import buttons, query_answer, words
 
 USER, OTHER = 7401, 7402
@@ -45,19 +43,21 @@ def replies(api: FakeBotAPI, chat_id: int, message_id: int) -> list[SentMessage]
     return [m for m in api.messages(chat_id) if m.reply_to == message_id and not m.deleted]
 
 
-async def delivered(api: FakeBotAPI, workdir: Path, chat_id: int, message_id: int) -> SentMessage:
+async def delivered(
+    api: FakeBotAPI, where: Path | str, chat_id: int, message_id: int
+) -> SentMessage:
     """Wait until the message's job is done; its transcript message (the status message)."""
 
     def done() -> bool:
         found = rows(
-            workdir,
+            where,
             f"SELECT status FROM jobs WHERE chat_id = {chat_id} AND message_id = {message_id}",
         )
         return found == [("done",)]
 
     await api.wait_for(done, 120, "the job done")
     ((status_message_id,),) = rows(
-        workdir,
+        where,
         f"SELECT status_message_id FROM jobs WHERE chat_id = {chat_id}"
         f" AND message_id = {message_id}",
     )
@@ -73,10 +73,10 @@ async def new_replies(
     return replies(api, chat_id, message_id)
 
 
-def stored_text(workdir: Path, job_id: int) -> str:
+def stored_text(where: Path | str, job_id: int) -> str:
     """The transcript text a job delivered."""
     ((text,),) = rows(
-        workdir,
+        where,
         f"SELECT t.text FROM transcripts t JOIN jobs j ON j.transcript_id = t.id"
         f" WHERE j.id = {job_id}",
     )
@@ -84,18 +84,18 @@ def stored_text(workdir: Path, job_id: int) -> str:
 
 
 async def test_output_buttons_render_the_stored_transcript_and_translate_it(
-    api: FakeBotAPI, tmp_path: Path, model_cache: Path, german: bytes
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, german: bytes, database_url: str
 ) -> None:
     """A German transcript carries the five buttons; SRT and VTT parse and hold its text,
     Timestamps marks each segment, Details names the language, and Translate runs a job of its
     own (one, however often pressed) whose English answer replies to the transcript."""
-    bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="base")
+    bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="base", **bot_database(database_url))
     await bot.start()
     try:
         sent = api.send_voice(USER, german, duration=10)
-        transcript = await delivered(api, tmp_path, USER, sent)
-        job = job_ids(tmp_path)[USER, sent]
-        text = stored_text(tmp_path, job)
+        transcript = await delivered(api, database_url, USER, sent)
+        job = job_ids(database_url)[USER, sent]
+        text = stored_text(database_url, job)
         assert transcript.text == text
         assert buttons(transcript) == [f"out:{job}:{a}" for a in ("ts", "srt", "vtt", "tr", "info")]
 
@@ -139,25 +139,25 @@ async def test_output_buttons_render_the_stored_transcript_and_translate_it(
             "text": texts.outputs.translation_pending(),
             "show_alert": False,
         }
-        translation = await delivered(api, tmp_path, USER, transcript.message_id)
+        translation = await delivered(api, database_url, USER, transcript.message_id)
         assert translation.reply_to == transcript.message_id
         found = rows(
-            tmp_path,
+            database_url,
             "SELECT task, source_job_id, language, file_id, user_id FROM jobs"
             f" WHERE message_id = {transcript.message_id}",
         )
-        ((file_id,),) = rows(tmp_path, f"SELECT file_id FROM jobs WHERE id = {job}")
+        ((file_id,),) = rows(database_url, f"SELECT file_id FROM jobs WHERE id = {job}")
         assert found == [("translate", job, "de", file_id, USER)]
         assert set(words(translation.text or "")) >= ENGLISH_WORDS, translation.text
         getfiles = [c for c in api.calls_of("getFile") if c.params.get("file_id") == file_id]
         assert len(getfiles) == 2  # downloaded again: the audio is never kept
         ((setting, language),) = rows(
-            tmp_path,
+            database_url,
             "SELECT t.language_setting, t.language FROM transcripts t JOIN jobs j"
             f" ON j.transcript_id = t.id WHERE j.message_id = {transcript.message_id}",
         )
         assert (setting, language) == ("de+translate", "de")
-        translation_job = job_ids(tmp_path)[USER, transcript.message_id]
+        translation_job = job_ids(database_url)[USER, transcript.message_id]
         # The translation has its own buttons, without Translate.
         assert buttons(translation) == [
             f"out:{translation_job}:{a}" for a in ("ts", "srt", "vtt", "info")
@@ -167,18 +167,20 @@ async def test_output_buttons_render_the_stored_transcript_and_translate_it(
 
 
 async def test_crafted_and_stale_presses_get_an_alert_and_nothing_else(
-    api: FakeBotAPI, tmp_path: Path, model_cache: Path, english: bytes
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, english: bytes, database_url: str
 ) -> None:
     """Buttons work only on their own transcript message in its chat: another chat, another
     message, another job's id and garbage get a short alert; a deleted transcript says so."""
-    bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en")
+    bot = BotProcess(
+        api, tmp_path, model_cache, WHISPER_MODEL="tiny.en", **bot_database(database_url)
+    )
     await bot.start()
     try:
         mine = api.send_voice(USER, english, duration=4)
         theirs = api.send_voice(OTHER, english, duration=4)
-        transcript = await delivered(api, tmp_path, USER, mine)
-        other = await delivered(api, tmp_path, OTHER, theirs)
-        ids = job_ids(tmp_path)
+        transcript = await delivered(api, database_url, USER, mine)
+        other = await delivered(api, database_url, OTHER, theirs)
+        ids = job_ids(database_url)
         job, other_job = ids[USER, mine], ids[OTHER, theirs]
         # English: no Translate button.
         assert buttons(transcript) == [f"out:{job}:{a}" for a in ("ts", "srt", "vtt", "info")]
@@ -207,11 +209,10 @@ async def test_crafted_and_stale_presses_get_an_alert_and_nothing_else(
                 texts.outputs.output_already_english(),
             )
         assert len(api.calls_of("sendDocument")) + len(api.calls_of("sendMessage")) == before
-        assert rows(tmp_path, "SELECT count(*) FROM jobs") == [(2,)]
+        assert rows(database_url, "SELECT count(*) FROM jobs") == [(2,)]
 
         # The transcript deleted meanwhile (what /forget and retention do to the job).
-        with closing(sqlite3.connect(tmp_path / "data" / "voicebot.db")) as db, db:
-            db.execute(f"UPDATE jobs SET transcript_id = NULL WHERE id = {job}")
+        execute(database_url, f"UPDATE jobs SET transcript_id = NULL WHERE id = {job}")
         gone = api.press_button(USER, transcript.message_id, f"out:{job}:srt")
         assert await query_answer(api, gone) == {
             "text": texts.outputs.output_gone(),
@@ -223,27 +224,33 @@ async def test_crafted_and_stale_presses_get_an_alert_and_nothing_else(
 
 
 async def test_format_sets_the_default_output_of_a_private_chat(
-    api: FakeBotAPI, tmp_path: Path, model_cache: Path, english: bytes
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, english: bytes, database_url: str
 ) -> None:
     """/format srt: the answer is an .srt file under a short status line; /format timestamps:
     the [m:ss] text; the buttons set it too; anything else gets the usage line."""
-    bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en")
+    bot = BotProcess(
+        api, tmp_path, model_cache, WHISPER_MODEL="tiny.en", **bot_database(database_url)
+    )
     await bot.start()
     try:
         command = api.send_text(USER, "/format srt")
         await api.wait_for(lambda: bool(replies(api, USER, command)), 20, "the /format reply")
         assert replies(api, USER, command)[0].text == texts.outputs.format_set("srt")
-        assert rows(tmp_path, f"SELECT output_format FROM users WHERE id = {USER}") == [("srt",)]
+        assert rows(database_url, f"SELECT output_format FROM users WHERE id = {USER}") == [
+            ("srt",)
+        ]
 
         sent = api.send_voice(USER, english, duration=4)
-        status = await delivered(api, tmp_path, USER, sent)
+        status = await delivered(api, database_url, USER, sent)
         assert status.text == texts.outputs.srt_attached()
         (document,) = [m for m in replies(api, USER, sent) if m.document is not None]
         assert document.document is not None
         assert document.document.filename == f"transcript-{sent}.srt"
         cues = list(srt.parse(document.document.data.decode("utf-8")))
         assert "another door" in " ".join(cue.content for cue in cues).lower()
-        assert rows(tmp_path, f"SELECT output FROM jobs WHERE message_id = {sent}") == [("srt",)]
+        assert rows(database_url, f"SELECT output FROM jobs WHERE message_id = {sent}") == [
+            ("srt",)
+        ]
 
         menu_command = api.send_text(USER, "/format")
 
@@ -255,11 +262,11 @@ async def test_format_sets_the_default_output_of_a_private_chat(
         assert "SRT subtitles file" in (menu.text or "")
         pressed = api.press_button(USER, menu.message_id, "fmt:timestamps")
         assert await query_answer(api, pressed) == {"text": texts.outputs.format_set("timestamps")}
-        found = rows(tmp_path, f"SELECT output_format FROM users WHERE id = {USER}")
+        found = rows(database_url, f"SELECT output_format FROM users WHERE id = {USER}")
         assert found == [("timestamps",)]
 
         again = api.send_voice(USER, english, duration=4)  # a cache hit: same rendering
-        status = await delivered(api, tmp_path, USER, again)
+        status = await delivered(api, database_url, USER, again)
         assert re.fullmatch(r"\[0:0\d\] .*another door.*", status.text or "", re.I | re.S)
 
         bad = api.send_text(USER, "/format pdf")
