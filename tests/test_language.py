@@ -13,7 +13,7 @@ from voicebot.cache import language_setting
 from voicebot.config import Settings
 from voicebot.languages import BadLanguageError, EngineLanguage, for_engine, is_setting, parse
 
-from .botproc import BotProcess
+from .botproc import BotProcess, bot_database
 from .fakes import FakeBotAPI, SentMessage
 from .media import encode_audio
 from .test_fairness import answered, job_ids, rows, text_of
@@ -120,21 +120,21 @@ def test_the_engine_and_the_cache_follow_the_setting_and_the_task() -> None:
 
 
 async def test_restricting_detection_fixes_a_short_clip_the_model_misdetects(
-    api: FakeBotAPI, tmp_path: Path, model_cache: Path, short_german: bytes
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, short_german: bytes, database_url: str
 ) -> None:
     """Unrestricted, base takes the short German clip for English; after `/language de ru` the
     same clip (a cache miss: another setting) is German and transcribed right."""
-    bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="base")
+    bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="base", **bot_database(database_url))
     await bot.start()
     try:
         reference = SHORT_GERMAN[2]
         first = api.send_voice(USER, short_german, duration=3)
         await api.wait_for(lambda: bool(text_of(api, USER, first)), 90, "the first transcript")
         await api.wait_for(
-            lambda: rows(tmp_path, "SELECT status FROM jobs") == [("done",)], 30, "done"
+            lambda: rows(database_url, "SELECT status FROM jobs") == [("done",)], 30, "done"
         )
         ((language, setting),) = rows(
-            tmp_path, "SELECT language, language_setting FROM transcripts"
+            database_url, "SELECT language, language_setting FROM transcripts"
         )
         assert (language, setting) == ("en", "auto")
         assert wer(reference, text_of(api, USER, first)) > 0.5  # "This is sediment."
@@ -142,30 +142,36 @@ async def test_restricting_detection_fixes_a_short_clip_the_model_misdetects(
         command = api.send_text(USER, "/language de ru")
         reply = await replied(api, USER, command)
         assert reply.text == texts.outputs.language_set("Detect among: Deutsch (de), Русский (ru)")
-        assert rows(tmp_path, f"SELECT language FROM chats WHERE id = {USER}") == [("auto:de,ru",)]
+        assert rows(database_url, f"SELECT language FROM chats WHERE id = {USER}") == [
+            ("auto:de,ru",)
+        ]
 
         second = api.send_voice(USER, short_german, duration=3)
         await answered(api, USER, second, "sediment")
-        job = job_ids(tmp_path)[USER, second]
-        assert rows(tmp_path, f"SELECT language FROM jobs WHERE id = {job}") == [("auto:de,ru",)]
+        job = job_ids(database_url)[USER, second]
+        assert rows(database_url, f"SELECT language FROM jobs WHERE id = {job}") == [
+            ("auto:de,ru",)
+        ]
         found = rows(
-            tmp_path,
+            database_url,
             "SELECT t.language, t.language_setting FROM transcripts t"
             f" JOIN jobs j ON j.transcript_id = t.id WHERE j.id = {job}",
         )
         assert found == [("de", "auto:de,ru")]
         assert wer(reference, text_of(api, USER, second)) <= 0.5
-        assert rows(tmp_path, "SELECT count(*) FROM usage WHERE cached") == [(0,)]
+        assert rows(database_url, "SELECT count(*) FROM usage WHERE cached") == [(0,)]
     finally:
         await bot.stop()
 
 
 async def test_the_keyboard_sets_the_language_and_bad_input_gets_one_line(
-    api: FakeBotAPI, tmp_path: Path, model_cache: Path
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, database_url: str
 ) -> None:
     """/language shows the setting and the buttons; a press changes it (committed before the
     answer); unknown codes, garbage and crafted button data get one line and change nothing."""
-    bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en")
+    bot = BotProcess(
+        api, tmp_path, model_cache, WHISPER_MODEL="tiny.en", **bot_database(database_url)
+    )
     await bot.start()
     try:
         last = api.send_text(USER, "/language")
@@ -179,7 +185,7 @@ async def test_the_keyboard_sets_the_language_and_bad_input_gets_one_line(
         assert await query_answer(api, pressed) == {
             "text": texts.outputs.language_set("Español (es)")
         }
-        assert rows(tmp_path, f"SELECT language FROM chats WHERE id = {USER}") == [("es",)]
+        assert rows(database_url, f"SELECT language FROM chats WHERE id = {USER}") == [("es",)]
         await api.wait_for(lambda: "✓ Español" in labels(menu), 10, "the tick moved")
         assert "Recognition language: Español (es)" in (menu.text or "")
 
@@ -193,14 +199,16 @@ async def test_the_keyboard_sets_the_language_and_bad_input_gets_one_line(
         ):
             last = api.send_text(USER, typed)
             assert (await replied(api, USER, last)).text == line, typed
-        assert rows(tmp_path, f"SELECT language FROM chats WHERE id = {USER}") == [("uk",)]
+        assert rows(database_url, f"SELECT language FROM chats WHERE id = {USER}") == [("uk",)]
 
         # Another user's setting is their own.
         api.send_text(OTHER, "/language auto")
         await api.wait_for(
-            lambda: rows(tmp_path, f"SELECT language FROM chats WHERE id = {OTHER}") == [("auto",)],
+            lambda: (
+                rows(database_url, f"SELECT language FROM chats WHERE id = {OTHER}") == [("auto",)]
+            ),
             10,
         )
-        assert rows(tmp_path, f"SELECT language FROM chats WHERE id = {USER}") == [("uk",)]
+        assert rows(database_url, f"SELECT language FROM chats WHERE id = {USER}") == [("uk",)]
     finally:
         await bot.stop()

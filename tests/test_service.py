@@ -5,19 +5,18 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import closing
 from pathlib import Path
 
 import pytest
 
-from .botproc import BotProcess
+from .botproc import BotProcess, bot_database
 from .fakes import FakeBotAPI, SentMessage
 from .media import encode_audio, long_speech, voice_note
+from .test_fairness import rows
 
 USER = 3003
 PROGRESS = re.compile(r"Transcribing… \d+% \(\d+:\d\d elapsed\)")
@@ -75,12 +74,15 @@ Spawn = Callable[..., BotProcess]
 
 
 @pytest.fixture
-async def spawn(api: FakeBotAPI, tmp_path: Path, model_cache: Path) -> AsyncIterator[Spawn]:
-    """Make bot processes on `tmp_path`; any still running at the end is killed."""
+async def spawn(
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, database_url: str
+) -> AsyncIterator[Spawn]:
+    """Make bot processes on `tmp_path` and `database_url` (SQLite and PostgreSQL); any still
+    running at the end is killed."""
     started: list[BotProcess] = []
 
     def make(**env: str) -> BotProcess:
-        process = BotProcess(api, tmp_path, model_cache, **env)
+        process = BotProcess(api, tmp_path, model_cache, **bot_database(database_url), **env)
         started.append(process)
         return process
 
@@ -117,16 +119,15 @@ async def send_and_wait_for_download(api: FakeBotAPI, voice: tuple[bytes, int]) 
     return sent
 
 
-def job_row(workdir: Path) -> tuple[str, int, int]:
+def job_row(database_url: str) -> tuple[str, int, int]:
     """(status, attempts, delivered_parts) of the only job in the bot's database."""
-    with closing(sqlite3.connect(workdir / "data" / "voicebot.db")) as connection:
-        (row,) = connection.execute("SELECT status, attempts, delivered_parts FROM jobs")
+    (row,) = rows(database_url, "SELECT status, attempts, delivered_parts FROM jobs")
     status, attempts, delivered = row
     return str(status), int(attempts), int(delivered)
 
 
 async def test_sigterm_lets_the_running_job_finish(
-    api: FakeBotAPI, spawn: Spawn, tmp_path: Path, long_voice: tuple[bytes, int]
+    api: FakeBotAPI, spawn: Spawn, database_url: str, long_voice: tuple[bytes, int]
 ) -> None:
     """With the default grace, SIGTERM waits for the transcript, then exits 0.
 
@@ -144,14 +145,14 @@ async def test_sigterm_lets_the_running_job_finish(
     assert len(api.messages(USER)) == 1
     final_edit = [c for c in api.calls_of("editMessageText") if c.params["text"] == reply.text]
     assert final_edit[0].at > signalled  # delivered during the drain, not before the signal
-    assert job_row(tmp_path) == ("done", 1, 1)
+    assert job_row(database_url) == ("done", 1, 1)
     progress = [text for text in reply.edits if PROGRESS.fullmatch(text)]
     assert progress, reply.edits
     assert reply.edits[0] == "Transcribing…"
 
 
 async def test_sigterm_without_grace_postpones_the_job(
-    api: FakeBotAPI, spawn: Spawn, tmp_path: Path, long_voice: tuple[bytes, int]
+    api: FakeBotAPI, spawn: Spawn, database_url: str, long_voice: tuple[bytes, int]
 ) -> None:
     """With SHUTDOWN_GRACE_SECONDS=0 the bot stops at once; the next start delivers once."""
     first = spawn(SHUTDOWN_GRACE_SECONDS="0")
@@ -161,7 +162,7 @@ async def test_sigterm_without_grace_postpones_the_job(
     assert await first.stop(signal.SIGTERM, timeout=20) == 0, first.output()
     assert time.monotonic() - signalled < 10
     assert not has_transcript(status_message(api, sent))
-    assert job_row(tmp_path) == ("queued", 0, 0)  # the interrupted attempt is not counted
+    assert job_row(database_url) == ("queued", 0, 0)  # the interrupted attempt is not counted
 
     second = spawn()
     await second.start()
@@ -170,11 +171,11 @@ async def test_sigterm_without_grace_postpones_the_job(
     assert len(api.messages(USER)) == 1
     assert sum("fellow Americans" in (m.text or "") for m in api.messages(USER)) == 1
     assert len(api.calls_of("downloadFile")) == 2
-    assert job_row(tmp_path) == ("done", 1, 1)
+    assert job_row(database_url) == ("done", 1, 1)
 
 
 async def test_sigterm_during_a_burst_leaves_no_reply_in_doubt(
-    api: FakeBotAPI, spawn: Spawn, tmp_path: Path, corpus: Path
+    api: FakeBotAPI, spawn: Spawn, database_url: str, corpus: Path
 ) -> None:
     """Stopped just as a burst is recorded: replies under way finish, the rest come next start."""
     note = voice_note(corpus / "en" / "librispeech_alif_testing_routine.wav")
@@ -194,8 +195,7 @@ async def test_sigterm_during_a_burst_leaves_no_reply_in_doubt(
     assert await second.stop() == 0, second.output()
     assert all(len(replies(api, message_id)) == 1 for message_id in sent)
     assert '"status_reply_in_doubt"' not in second.output()
-    with closing(sqlite3.connect(tmp_path / "data" / "voicebot.db")) as connection:
-        assert connection.execute("SELECT DISTINCT status FROM jobs").fetchall() == [("done",)]
+    assert rows(database_url, "SELECT DISTINCT status FROM jobs") == [("done",)]
 
 
 def replies(api: FakeBotAPI, message_id: int) -> list[SentMessage]:
