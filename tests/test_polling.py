@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from .botproc import BotProcess
+from .botproc import BotProcess, bot_database
+from .conftest import sqlite_only
 from .fakes import FakeBotAPI, SentMessage
 from .media import voice_note
 
@@ -25,8 +26,13 @@ CLIPS = {
 
 
 @pytest.fixture
-async def bot(api: FakeBotAPI, tmp_path: Path, model_cache: Path) -> AsyncIterator[BotProcess]:
-    process = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en")
+async def bot(
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, database_url: str
+) -> AsyncIterator[BotProcess]:
+    """`voicebot run` polling, on SQLite and on PostgreSQL."""
+    process = BotProcess(
+        api, tmp_path, model_cache, WHISPER_MODEL="tiny.en", **bot_database(database_url)
+    )
     await process.start()
     yield process
     code = await process.stop()
@@ -93,6 +99,7 @@ async def test_an_update_that_does_not_parse_is_skipped(
     await transcript_of(api, later, "testing routine")
 
 
+@sqlite_only  # a lock on the file; test_scale stops PostgreSQL mid-burst instead
 async def test_nothing_is_confirmed_while_the_database_refuses_writes(
     api: FakeBotAPI, bot: BotProcess, tmp_path: Path, notes: dict[str, bytes]
 ) -> None:

@@ -17,7 +17,7 @@ import pytest
 from voicebot.config import Settings
 from voicebot.web import webhook
 
-from .botproc import BotProcess
+from .botproc import BotProcess, bot_database
 from .fakes import FakeBotAPI
 from .media import voice_note
 from .servers import free_port
@@ -81,14 +81,19 @@ async def said(api: FakeBotAPI, message_id: int, phrase: str, timeout: float = 6
 
 
 async def test_webhook_mode_records_before_acknowledging_and_switches_back_to_polling(
-    api: FakeBotAPI, tmp_path: Path, model_cache: Path, notes: dict[str, bytes]
+    api: FakeBotAPI,
+    tmp_path: Path,
+    model_cache: Path,
+    notes: dict[str, bytes],
+    database_url: str,
 ) -> None:
     """setWebhook with the secret and exactly the handled update types; updates come by POST
     and are answered; lost acknowledgements redeliver them, each handled once; /ready follows
     the webhook; after a restart in polling mode, the webhook is deleted and what Telegram
     kept meanwhile comes by getUpdates."""
     port = free_port()
-    bot = webhook_bot(api, tmp_path, model_cache, port)
+    database = bot_database(database_url)
+    bot = webhook_bot(api, tmp_path, model_cache, port, **database)
     await bot.start()
     try:
         (call,) = api.calls_of("setWebhook")
@@ -118,7 +123,7 @@ async def test_webhook_mode_records_before_acknowledging_and_switches_back_to_po
         for message_id in (first, again):
             assert len(answers(api, message_id)) == 1, answers(api, message_id)
         assert len(unreplied(api)) == 2, unreplied(api)  # /start and /help, once each
-        assert rows(tmp_path, "SELECT count(*) FROM jobs") == [(2,)]
+        assert rows(database_url, "SELECT count(*) FROM jobs") == [(2,)]
         assert not api.calls_of("getUpdates")
 
         ready = await get(port, "/ready")
@@ -135,7 +140,7 @@ async def test_webhook_mode_records_before_acknowledging_and_switches_back_to_po
     # Back to polling: the bot deletes the webhook before it asks for updates.
     api.webhook.url = f"http://127.0.0.1:{port}/telegram/webhook"  # still set at Telegram
     later = api.send_voice(USER, notes["testing routine"], duration=3)
-    polling = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en")
+    polling = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en", **database)
     await polling.start()
     try:
         deleted = api.calls_of("deleteWebhook")[-1]
@@ -152,12 +157,23 @@ async def test_webhook_mode_records_before_acknowledging_and_switches_back_to_po
 
 
 async def test_the_door_refuses_wrong_secrets_bad_bodies_and_untrusted_clients(
-    api: FakeBotAPI, tmp_path: Path, model_cache: Path, notes: dict[str, bytes]
+    api: FakeBotAPI,
+    tmp_path: Path,
+    model_cache: Path,
+    notes: dict[str, bytes],
+    database_url: str,
 ) -> None:
     """Only a trusted client (behind the proxy in FORWARDED_ALLOW_IPS) with the secret gets an
     update in; each bad request gets its status, nothing is recorded, and the bot serves on."""
     port = free_port()
-    bot = webhook_bot(api, tmp_path, model_cache, port, WEBHOOK_TRUSTED_NETWORKS="149.154.160.0/20")
+    bot = webhook_bot(
+        api,
+        tmp_path,
+        model_cache,
+        port,
+        WEBHOOK_TRUSTED_NETWORKS="149.154.160.0/20",
+        **bot_database(database_url),
+    )
     await bot.start()
     url = f"http://127.0.0.1:{port}{webhook.PATH}"
     telegram = {"X-Forwarded-For": "149.154.167.220"}  # as nginx on loopback passes it on
@@ -195,15 +211,15 @@ async def test_the_door_refuses_wrong_secrets_bad_bodies_and_untrusted_clients(
 
             streamed = await client.post(url, content=chunks(), headers=right)
             assert streamed.status_code == 413  # no Content-Length: counted while read
-            assert rows(tmp_path, "SELECT count(*) FROM jobs") == [(0,)]
+            assert rows(database_url, "SELECT count(*) FROM jobs") == [(0,)]
             assert api.messages(USER) == []
 
             assert await post(good, right) == 200
-            assert rows(tmp_path, "SELECT message_id FROM jobs") == [(voice_id,)]  # before 200
+            assert rows(database_url, "SELECT message_id FROM jobs") == [(voice_id,)]  # before 200
             assert await post(good, right) == 200  # the acknowledgement was lost
         await said(api, voice_id, "another door")
         assert len(answers(api, voice_id)) == 1
-        assert rows(tmp_path, "SELECT count(*) FROM jobs") == [(1,)]
+        assert rows(database_url, "SELECT count(*) FROM jobs") == [(1,)]
         assert [e["update_ids"] for e in log_events(bot, "updates_redelivered")] == [[update_id]]
         assert (await get(port, "/health")).status_code == 200
         unparseable = [e["update_id"] for e in log_events(bot, "update_unparseable")]
