@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
 import asyncpg
@@ -57,6 +57,17 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+async def postgres_rows(url: str, sql: str, *, timeout: float | None = None) -> list[Any]:
+    """Rows (tuples) of `sql` on the PostgreSQL database at `url` (SQLAlchemy's URL, any
+    driver), on a connection of its own; asyncpg commits a statement on its own."""
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    connection = await asyncpg.connect(dsn, timeout=timeout)
+    try:
+        return [tuple(row) for row in await connection.fetch(sql, timeout=timeout)]
+    finally:
+        await connection.close()
 
 
 def accepts(port: int) -> bool:

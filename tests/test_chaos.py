@@ -85,7 +85,7 @@ from .botproc import BotProcess
 from .fake_groups import GroupFakeBotAPI
 from .fakes import SentMessage
 from .media import encode_audio, video_with_sound, voice_note
-from .servers import PostgresServer, free_port
+from .servers import PostgresServer, free_port, postgres_rows
 
 CLIPS = (
     "librispeech_alif_another_door.wav",
@@ -574,12 +574,7 @@ async def query(url: str, sql: str) -> list[tuple[Any, ...]]:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return await asyncio.to_thread(_sqlite_rows, str(parsed.database), sql)
-    dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
-    connection = await asyncpg.connect(dsn, timeout=QUERY_TIMEOUT)
-    try:
-        return [tuple(row) for row in await connection.fetch(sql, timeout=QUERY_TIMEOUT)]
-    finally:
-        await connection.close()
+    return await postgres_rows(url, sql, timeout=QUERY_TIMEOUT)
 
 
 def _sqlite_rows(database: str, sql: str) -> list[tuple[Any, ...]]:

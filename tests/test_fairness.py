@@ -11,7 +11,6 @@ from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import numpy as np
 import pytest
 from sqlalchemy import make_url, select
@@ -26,6 +25,7 @@ from voicebot.quotas import charge, day_start, effective_plan, next_reset, stand
 from .botproc import BotProcess
 from .fakes import FakeBotAPI, SentMessage
 from .media import encode_audio, long_speech, voice_note
+from .servers import postgres_rows
 from .test_db import add_user
 from .test_polling import log_events
 
@@ -183,17 +183,8 @@ def _sqlite_file(where: Path | str) -> Path | None:
 
 
 def _on_postgres(url: str, sql: str) -> list[tuple[object, ...]]:
-    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     with ThreadPoolExecutor(1) as thread:
-        return thread.submit(asyncio.run, _postgres_rows(dsn, sql)).result()
-
-
-async def _postgres_rows(dsn: str, sql: str) -> list[tuple[object, ...]]:
-    connection = await asyncpg.connect(dsn)
-    try:
-        return [tuple(row) for row in await connection.fetch(sql)]
-    finally:
-        await connection.close()
+        return thread.submit(asyncio.run, postgres_rows(url, sql)).result()
 
 
 async def seed_users(workdir: Path, *users: tuple[int, str, str | None]) -> None:

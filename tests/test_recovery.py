@@ -9,8 +9,6 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
-
 from voicebot import texts
 from voicebot.db import build_engine, build_sessions, upgrade_async
 from voicebot.models import Job, JobStatus, utcnow
@@ -20,6 +18,7 @@ from .conftest import sqlite_only
 from .fakes import FakeBotAPI, SentMessage
 from .media import voice_note
 from .test_db import add_user
+from .test_fairness import rows
 from .test_polling import log_events
 
 USER = 5005
@@ -63,15 +62,10 @@ async def seed_job(database_url: str, update: dict[str, object], **columns: obje
         await engine.dispose()
 
 
-async def job_state(database_url: str) -> State:
+def job_state(database_url: str) -> State:
     """(status, status_message_id) of every job."""
-    engine = build_engine(database_url)
-    try:
-        async with build_sessions(engine)() as session:
-            rows = (await session.execute(select(Job.status, Job.status_message_id))).all()
-    finally:
-        await engine.dispose()
-    return [(JobStatus(status).value, message_id) for status, message_id in rows]
+    found = rows(database_url, "SELECT status, status_message_id FROM jobs")
+    return [(str(status), message_id) for status, message_id in found]
 
 
 async def until_state(
@@ -79,7 +73,7 @@ async def until_state(
 ) -> None:
     """Poll the jobs until `check` holds; AssertionError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while not check(state := await job_state(database_url)):
+    while not check(state := job_state(database_url)):
         assert time.monotonic() < deadline, f"{what}: jobs still {state}"
         await asyncio.sleep(0.1)
 
@@ -122,7 +116,7 @@ async def test_recorded_job_without_status_reply_gets_one(
     assert await bot.stop() == 0, bot.output()
     (reply,) = visible_replies(api, sent)
     assert reply.edits[0] == texts.TRANSCRIBING
-    assert await job_state(database_url) == [("done", reply.message_id)]
+    assert job_state(database_url) == [("done", reply.message_id)]
     assert not api.pending_updates  # the redelivered update was confirmed, not a second job
 
 
@@ -144,7 +138,7 @@ async def test_status_reply_in_doubt_is_logged_and_the_transcript_is_an_edit(
     assert reply.edits[0] in (texts.TRANSCRIBING, texts.queued(0, 1))
     (doubt,) = log_events(bot, "status_reply_in_doubt")
     assert doubt["chat_id"] == USER
-    assert await job_state(database_url) == [("done", reply.message_id)]
+    assert job_state(database_url) == [("done", reply.message_id)]
     sends = [c for c in api.calls_of("sendMessage") if c.params.get("chat_id") == USER]
     assert [c.params["text"] for c in sends] == [reply.edits[0]]  # the transcript is no send
 
@@ -189,7 +183,7 @@ async def test_job_cancelled_before_its_first_reply_is_told_on_the_next_start(
     assert await bot.stop() == 0, bot.output()
     (reply,) = visible_replies(api, sent)
     assert reply.text == texts.CANCELLED
-    assert await job_state(database_url) == [("cancelled", reply.message_id)]
+    assert job_state(database_url) == [("cancelled", reply.message_id)]
     assert api.calls_of("getFile") == []
 
     # Told once: a later start finds it told and sends nothing more.
@@ -227,4 +221,4 @@ async def test_a_lease_left_by_a_killed_process_is_taken_back_at_once(
     (taken,) = log_events(bot, "leases_taken_back")
     assert taken["count"] == 1
     assert len(visible_replies(api, sent)) == 1
-    assert [status for status, _ in await job_state(database_url)] == ["done"]
+    assert [status for status, _ in job_state(database_url)] == ["done"]
