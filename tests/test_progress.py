@@ -1,4 +1,5 @@
-"""Progress edits: live partial text for long recordings, throttling in groups, a blocked bot."""
+"""Progress edits: live partial text for long recordings, throttling in groups, a blocked bot.
+Each test runs on SQLite and on PostgreSQL (the `database_url` fixture)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ from voicebot import texts
 from voicebot.audio import decode
 from voicebot.engine import Engine
 
-from .botproc import BotProcess
+from .botproc import BotProcess, bot_database
 from .fake_groups import GroupFakeBotAPI
 from .fakes import Call, FakeBotAPI, SentMessage
 from .media import encode_audio, long_speech
+from .test_fairness import rows
 from .test_polling import log_events
 
 USER = 7401
@@ -85,20 +87,44 @@ async def delivered(api: FakeBotAPI, chat_id: int, message_id: int) -> SentMessa
     return status
 
 
+async def stored(api: FakeBotAPI, where: str, chat_id: int, message_id: int) -> str:
+    """Wait until the job of `message_id` is done in the bot's database (`where`: as for
+    `rows`; it is marked so just after its transcript is shown); the transcript text it stored."""
+    job = f"j.chat_id = {chat_id} AND j.message_id = {message_id}"
+    await api.wait_for(
+        lambda: rows(where, f"SELECT status FROM jobs j WHERE {job}") == [("done",)],
+        30,
+        f"the job of {message_id} done",
+    )
+    ((text,),) = rows(
+        where,
+        f"SELECT t.text FROM transcripts t JOIN jobs j ON j.transcript_id = t.id WHERE {job}",
+    )
+    return str(text)
+
+
 async def test_a_long_recording_shows_its_text_so_far_and_then_the_engines_transcript(
-    api: FakeBotAPI, tmp_path: Path, model_cache: Path, long_note: bytes, tiny_engine: Engine
+    api: FakeBotAPI,
+    tmp_path: Path,
+    model_cache: Path,
+    long_note: bytes,
+    tiny_engine: Engine,
+    database_url: str,
 ) -> None:
     """Progress edits of a 160 s note carry a percentage and the end of the text recognised so
     far (part of the final text, growing); the transcript that replaces them is exactly what
     the engine makes of the same audio."""
-    bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en")
+    database = bot_database(database_url)
+    bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en", **database)
     await bot.start()
     sent = api.send_voice(USER, long_note, duration=160)
     final = await delivered(api, USER, sent)
+    kept = await stored(api, database_url, USER, sent)
     assert await bot.stop() == 0, bot.output()
 
     expected = tiny_engine.transcribe(long_note)
     assert final.text == expected.text
+    assert kept == expected.text
     shown = [PROGRESS.match(text) for text in final.edits]
     progress = [match for match in shown if match is not None]
     assert len(progress) >= 2, final.edits
@@ -113,11 +139,12 @@ async def test_a_long_recording_shows_its_text_so_far_and_then_the_engines_trans
 
 
 async def test_progress_edits_stop_when_telegram_forbids_them_and_the_job_goes_on(
-    api: FakeBotAPI, tmp_path: Path, model_cache: Path, long_note: bytes
+    api: FakeBotAPI, tmp_path: Path, model_cache: Path, long_note: bytes, database_url: str
 ) -> None:
     """A 403 on a progress edit ("bot was blocked by the user") stops the edits, logged; the
-    transcription is not failed and its transcript still replaces the status."""
-    bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en")
+    transcription is not failed (its job is done) and its transcript still replaces the status."""
+    database = bot_database(database_url)
+    bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en", **database)
     await bot.start()
     sent = api.send_voice(USER, long_note, duration=160)
     await api.wait_for(lambda: status_of(api, USER, sent) is not None, 30, "the status reply")
@@ -127,6 +154,7 @@ async def test_progress_edits_stop_when_telegram_forbids_them_and_the_job_goes_o
     await api.wait_for(lambda: len(edits_of(api, USER, status.message_id)) >= 1, 30, "starting")
     api.fail_next("editMessageText", status=403)
     final = await delivered(api, USER, sent)
+    kept = await stored(api, database_url, USER, sent)
     assert await bot.stop() == 0, bot.output()
 
     (stopped,) = log_events(bot, "progress_stopped")
@@ -137,6 +165,7 @@ async def test_progress_edits_stop_when_telegram_forbids_them_and_the_job_goes_o
     assert PROGRESS.match(str(calls[1].params["text"])) is not None
     assert [str(call.params["text"]) for call in calls[2:]] == [final.text]
     assert texts.TRANSCRIBING in final.edits
+    assert kept == final.text
 
 
 async def test_groups_get_no_progress_edits_for_shorter_recordings_and_fewer_for_long_ones(
@@ -145,20 +174,28 @@ async def test_groups_get_no_progress_edits_for_shorter_recordings_and_fewer_for
     model_cache: Path,
     long_note: bytes,
     shorter_note: bytes,
+    database_url: str,
 ) -> None:
     """In a group, with progress every second but GROUP_PROGRESS_MIN_SECONDS=100 and
     GROUP_EDIT_INTERVAL_SECONDS=2: the 80 s note (which in a private chat would get edits) gets
     none, the 160 s note gets its progress edits at least 2 s apart."""
     api = group_api
-    env = {"GROUP_PROGRESS_MIN_SECONDS": "100", "GROUP_EDIT_INTERVAL_SECONDS": "2"}
+    env = {
+        "GROUP_PROGRESS_MIN_SECONDS": "100",
+        "GROUP_EDIT_INTERVAL_SECONDS": "2",
+        **bot_database(database_url),
+    }
     bot = BotProcess(api, tmp_path, model_cache, WHISPER_MODEL="tiny.en", **env)
     await bot.start()
     short = api.send_group_voice(GROUP, USER, shorter_note, duration=80)
     short_final = await delivered(api, GROUP, short)
+    short_text = await stored(api, database_url, GROUP, short)
     long = api.send_group_voice(GROUP, USER, long_note, duration=160)
     long_final = await delivered(api, GROUP, long)
+    long_text = await stored(api, database_url, GROUP, long)
     assert await bot.stop() == 0, bot.output()
 
+    assert (short_text, long_text) == (short_final.text, long_final.text)
     assert [text for text in short_final.edits if PROGRESS.match(text)] == []
     progress = [
         call.at
