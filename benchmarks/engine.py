@@ -57,9 +57,11 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "bench-results" / "engine.md")
     args = parser.parse_args()
 
-    settings = Settings()
+    # One file at a time: one batch loop with every core, for stock and ours alike (with the
+    # default WORKERS=2 each would get one thread of two).
+    settings = Settings(workers=1)
     model = load_whisper(settings)
-    engine = Engine(model, Options(beam_size=settings.whisper_beam_size, vad=True))
+    engine = Engine(model, Options(beam_size=settings.whisper_beam_size, vad=True, workers=1))
     rows = list(
         csv.DictReader((args.corpus / "manifest.tsv").open(encoding="utf-8"), delimiter="\t")
     )

@@ -16,7 +16,7 @@ import srt
 import webvtt
 
 from voicebot.audio import SAMPLE_RATE, decode
-from voicebot.batching import Batcher, Item, Work
+from voicebot.batching import Batcher, Item, Rest, Work
 from voicebot.config import Settings
 from voicebot.engine import Engine, build_engine
 from voicebot.errors import (
@@ -136,6 +136,32 @@ def test_idle_threads_share_a_lone_work() -> None:
     (first, _, start_a, end_a), (second, _, start_b, end_b) = ran
     assert first != second
     assert max(start_a, start_b) < min(end_a, end_b)  # at the same time
+
+
+def test_the_rest_of_a_piece_waits_ahead_of_later_pieces_and_its_parts_are_joined() -> None:
+    """A run function that decodes two characters of a piece at a time answers with a `Rest`:
+    the rest is queued before the work's later pieces, and the parts come back joined."""
+    seen: list[list[str]] = []
+
+    def run(batch: list[Item[str, str]]) -> list[str | Rest[str, str] | Exception]:
+        pieces = [work.pieces[i] for work, i in batch]
+        seen.append(pieces)
+        return [p if len(p) <= 2 else Rest(p[:2], p[2:]) for p in pieces]
+
+    batcher: Batcher[str, str] = Batcher(run, size=2, threads=1)
+    letters = Work(["abcde", "xy", "z"], join="".join)
+    digits = Work(["12345"], join="".join)
+    unjoinable: Work[str, str] = Work(["long piece"])
+    with batcher._changed:
+        for work in (letters, digits):
+            batcher.submit(work)
+    assert letters.future.result(5) == ["abcde", "xy", "z"]
+    assert digits.future.result(5) == ["12345"]
+    assert seen == [["abcde", "12345"], ["cde", "345"], ["e", "5"], ["xy", "z"]]
+    with pytest.raises(RuntimeError, match="cannot join"):
+        batcher.submit(unjoinable).future.result(5)
+    assert batcher.pending() == 0
+    batcher.close()
 
 
 @pytest.mark.exclusive  # a bound in seconds (a start, a stop within 2 s)

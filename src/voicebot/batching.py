@@ -12,7 +12,10 @@ thread at once (a decision that one batch makes for a whole recording, such as t
 language detection, is the run function's to share; see `engine.decoding`).
 
 Nothing here knows about Whisper: `run` decodes a batch, and a result is whatever it returns.
-One recording's failure, withdrawal (cancel, timeout) or bad piece never touches the others.
+An item decoded only in part (`Rest`: a window that stopped early) leaves the rest of its piece
+here, ahead of the recording's later pieces, for whichever thread is free next; its parts are
+joined when the last one comes. One recording's failure, withdrawal (cancel, timeout) or bad
+piece never touches the others.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import structlog
@@ -34,18 +38,36 @@ R = TypeVar("R")
 IDLE_WAKE_SECONDS = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class Rest(Generic[P, R]):
+    """`run`'s answer for an item decoded in part: the result so far, and the rest of the
+    piece, to decode in a later batch."""
+
+    done: R
+    rest: P
+
+
 class Work(Generic[P, R]):
     """One recording's pieces, their results as they come, and the future of all of them."""
 
     def __init__(
-        self, pieces: Sequence[P], *, on_result: Callable[[Work[P, R]], None] | None = None
+        self,
+        pieces: Sequence[P],
+        *,
+        on_result: Callable[[Work[P, R]], None] | None = None,
+        join: Callable[[list[R]], R] | None = None,
     ) -> None:
-        self.pieces = tuple(pieces)
+        #: What is left to decode of each piece: a piece decoded in part is replaced by its rest.
+        self.pieces = list(pieces)
         self.results: list[R | None] = [None] * len(self.pieces)
         #: Called in the batch thread after each batch that brought results for this work.
         self.on_result = on_result
+        #: A piece's parts as one result (needed where `run` answers with a `Rest`).
+        self.join = join
         self.future: Future[list[R]] = Future()
         self._next = 0  # the first piece not yet handed to a batch
+        self._again: list[int] = []  # pieces whose rest waits for a batch, before `_next`
+        self._parts: dict[int, list[R]] = {}
         self._done = 0
 
     @property
@@ -54,13 +76,40 @@ class Work(Generic[P, R]):
         return self.future.done()
 
     def _ready(self) -> bool:
-        return not self.finished and self._next < len(self.pieces)
+        return not self.finished and self._waiting() > 0
+
+    def _waiting(self) -> int:
+        return len(self._again) + len(self.pieces) - self._next
+
+    def _take(self) -> int:
+        """The index of the next piece for a batch: a waiting rest first (earlier speech)."""
+        if self._again:
+            return self._again.pop(0)
+        self._next += 1
+        return self._next - 1
+
+    def _keep(self, index: int, result: R | Rest[P, R]) -> bool:
+        """Keep a piece's result, or its first part and its rest to decode next; whether the
+        piece is done."""
+        if isinstance(result, Rest):
+            self._parts.setdefault(index, []).append(result.done)
+            self.pieces[index] = result.rest
+            self._again.append(index)
+            self._again.sort()
+            return False
+        parts = self._parts.pop(index, None)
+        if parts is not None and self.join is not None:
+            result = self.join([*parts, result])
+        self.results[index] = result
+        self._done += 1
+        return True
 
 
 Item = tuple[Work[P, R], int]
 """One piece in a batch: its work and its index there."""
-Run = Callable[[list[Item[P, R]]], Sequence[R | Exception]]
-"""Decodes one batch: a result, or the exception that failed that item alone, per item."""
+Run = Callable[[list[Item[P, R]]], Sequence[R | Rest[P, R] | Exception]]
+"""Decodes one batch: per item a result, a part of it and the rest to decode, or the exception
+that failed that item alone."""
 
 
 class Batcher(Generic[P, R]):
@@ -114,7 +163,7 @@ class Batcher(Generic[P, R]):
     def pending(self) -> int:
         """Pieces waiting for a batch, all recordings together."""
         with self._changed:
-            return sum(len(w.pieces) - w._next for w in self._works)
+            return sum(w._waiting() for w in self._works)
 
     def close(self) -> None:
         """Stop the threads after their current batch; what still waits fails."""
@@ -153,15 +202,14 @@ class Batcher(Generic[P, R]):
         threads are free too (one of them is woken for the rest)."""
         batch: list[Item[P, R]] = []
         ready = [work for work in self._works if work._ready()]
-        waiting = sum(len(work.pieces) - work._next for work in ready)
+        waiting = sum(work._waiting() for work in ready)
         share = min(self.size, -(-waiting // (self.thread_count - self._busy)))
         while ready and len(batch) < share:
             for work in list(ready):
                 if len(batch) == share:
                     break
-                batch.append((work, work._next))
-                work._next += 1
-                if work._next == len(work.pieces):
+                batch.append((work, work._take()))
+                if not work._ready():
                     ready.remove(work)
         if batch:
             self._busy += 1
@@ -169,7 +217,7 @@ class Batcher(Generic[P, R]):
             self._changed.notify()
         return batch
 
-    def _run(self, batch: list[Item[P, R]]) -> Sequence[R | Exception]:
+    def _run(self, batch: list[Item[P, R]]) -> Sequence[R | Rest[P, R] | Exception]:
         with self._changed:
             self.batches += 1
             self.items += len(batch)
@@ -187,8 +235,11 @@ class Batcher(Generic[P, R]):
             return [wrong] * len(batch)
         return results
 
-    def _finish(self, batch: list[Item[P, R]], results: Sequence[R | Exception]) -> None:
-        """Record each piece's result; complete or fail its work; tell each work what came."""
+    def _finish(
+        self, batch: list[Item[P, R]], results: Sequence[R | Rest[P, R] | Exception]
+    ) -> None:
+        """Record each piece's result (or part, queueing its rest); complete or fail its work;
+        tell each work what came."""
         touched: list[Work[P, R]] = []
         completed: list[Work[P, R]] = []
         with self._changed:
@@ -196,12 +247,14 @@ class Batcher(Generic[P, R]):
             for (work, index), result in zip(batch, results, strict=True):
                 if work.finished:
                     continue  # withdrawn or failed meanwhile: its results are dropped
+                if isinstance(result, Rest) and work.join is None:
+                    result = RuntimeError("a Rest for a work that cannot join its results")
                 if isinstance(result, Exception):
                     self._works.remove(work)
                     work.future.set_exception(result)
                     continue
-                work.results[index] = result
-                work._done += 1
+                if not work._keep(index, result):
+                    continue  # its rest waits for a batch
                 if work not in touched:
                     touched.append(work)
                 if work._done == len(work.pieces):

@@ -7,6 +7,7 @@ language and task they are decoded in, and the callbacks that pass on its text a
 
 from __future__ import annotations
 
+import itertools
 import threading
 import zlib
 from collections.abc import Callable
@@ -65,7 +66,11 @@ class Recording(Work[Piece, tuple[Segment, ...]]):
         progress: ProgressCallback | None,
         on_segment: SegmentCallback | None,
     ) -> None:
-        super().__init__(cut, on_result=lambda work: self.report())
+        super().__init__(
+            cut,
+            on_result=lambda work: self.report(),
+            join=lambda parts: tuple(itertools.chain.from_iterable(parts)),
+        )
         self.timeline = timeline
         self.duration = duration
         #: Detected in the batch that has its first piece when None (`Decoder._decide_languages`).

@@ -1,6 +1,7 @@
 """Decoding a batch of pieces: CTranslate2's Whisper encoder and decoder, as stock
 faster-whisper decodes a window (beam search, temperature fallback, decoding on from where a
-window stopped early), for several pieces at once, each with its own language and task.
+window stopped early: the rest goes back to the batcher), for several pieces at once, each with
+its own language and task.
 
 Part of `engine`, the one place that talks to faster-whisper and CTranslate2; the batch threads
 of `batching` call a `Decoder` with each batch.
@@ -17,7 +18,7 @@ import numpy as np
 import structlog
 
 from voicebot import languages, pieces
-from voicebot.batching import Item
+from voicebot.batching import Item, Rest
 from voicebot.engine import malloc
 from voicebot.pieces import Piece
 from voicebot.recording import (
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from voicebot.engine import Options
 
 log = structlog.get_logger(__name__)
+
+Decoded = tuple[Segment, ...] | Rest[Piece, tuple[Segment, ...]]
+"""A piece's segments, or those of its start and the rest of it to decode in a later batch."""
 
 #: Feature frames (100 a second) one decoder call takes on a CPU at beam DEFAULT_BEAM, all its
 #: items' windows together: four whole windows, eight of 15 s. The decoder keeps the encoder's
@@ -61,9 +65,7 @@ class Decoder:
         """Whether the model can transcribe languages other than English."""
         return bool(self.model.model.is_multilingual)
 
-    def __call__(
-        self, batch: list[Item[Piece, tuple[Segment, ...]]]
-    ) -> list[tuple[Segment, ...] | Exception]:
+    def __call__(self, batch: list[Item[Piece, tuple[Segment, ...]]]) -> list[Decoded | Exception]:
         """One batch (a batch thread); an item that fails alone fails only its recording."""
         with self._counting:
             self._running += 1
@@ -73,16 +75,14 @@ class Decoder:
             with self._counting:
                 self._running -= 1
 
-    def _decode(
-        self, batch: list[Item[Piece, tuple[Segment, ...]]]
-    ) -> list[tuple[Segment, ...] | Exception]:
+    def _decode(self, batch: list[Item[Piece, tuple[Segment, ...]]]) -> list[Decoded | Exception]:
         try:
             return list(self._together(batch))
         except (RuntimeError, ValueError, MemoryError) as error:
             if len(batch) == 1:
                 return [error]
             log.warning("batch_split", items=len(batch), error=str(error))
-        results: list[tuple[Segment, ...] | Exception] = []
+        results: list[Decoded | Exception] = []
         failed: dict[int, Exception] = {}
         for item in batch:
             work = item[0]
@@ -96,25 +96,27 @@ class Decoder:
                 results.append(error)
         return results
 
-    def _together(self, batch: list[Item[Piece, tuple[Segment, ...]]]) -> list[tuple[Segment, ...]]:
+    def _together(self, batch: list[Item[Piece, tuple[Segment, ...]]]) -> list[Decoded]:
         recordings = [Recording.of(work) for work, _ in batch]
         # The batch with a recording's first piece detects its language; another batch thread
         # with its later pieces waits for that (see `_decide_languages`).
         deciding = {id(work) for work, index in batch if index == 0}
         decoded = self._pieces(recordings, [work.pieces[index] for work, index in batch], deciding)
-        return [tuple(segments) for segments in decoded]
+        return [
+            tuple(segments) if rest is None else Rest(tuple(segments), rest)
+            for segments, rest in decoded
+        ]
 
     def _pieces(
         self, recordings: list[Recording], cut: list[Piece], deciding: set[int]
-    ) -> list[list[Segment]]:
-        """Each piece's segments in its recording's time. Pieces with the same encoder window
-        go through the encoder and the decoder together; then the rest of each piece whose
-        window stopped early, as stock decoding goes on."""
+    ) -> list[tuple[list[Segment], Piece | None]]:
+        """Each piece's segments in its recording's time, and the rest of the piece where its
+        window stopped early (stock decoding goes on from there in a new window: the batcher
+        queues it for the next free thread). Pieces with the same encoder window go through the
+        encoder and the decoder together."""
         computed = [self._features(piece) for piece in cut]
         windows = [self._window(features.shape[-1]) for features in computed]
-        decoded: list[list[Segment]] = [[] for _ in cut]
-        again: list[int] = []
-        rest: list[Piece] = []
+        decoded: list[tuple[list[Segment], Piece | None]] = [([], None) for _ in cut]
         for window in dict.fromkeys(windows):
             alike = [i for i, w in enumerate(windows) if w == window]
             # The decoder's memory grows with items x window x beam: on a CPU at most
@@ -137,14 +139,7 @@ class Decoder:
                     ),
                     strict=True,
                 ):
-                    decoded[i] = segments
-                    if resume is not None:
-                        again.append(i)
-                        rest.append(cut[i].after(resume))
-        if again:  # the rests of every piece of this batch together
-            more = self._pieces([recordings[i] for i in again], rest, deciding)
-            for i, segments in zip(again, more, strict=True):
-                decoded[i].extend(segments)
+                    decoded[i] = (segments, None if resume is None else cut[i].after(resume))
         return decoded
 
     def _window(self, frames: int) -> int:
