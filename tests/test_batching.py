@@ -138,6 +138,21 @@ def test_idle_threads_share_a_lone_work() -> None:
     assert max(start_a, start_b) < min(end_a, end_b)  # at the same time
 
 
+def test_a_thread_that_frees_first_leaves_a_share_of_the_last_pieces_to_one_freeing_soon() -> None:
+    """The share counts what busy threads still have to decode (at the seconds a piece has
+    taken so far): all threads free, an even split; a thread busy for long, this one takes
+    what is left; a thread that frees soon, this one takes half of it."""
+    batcher: Batcher[int, int] = Batcher(_square, size=8, threads=2)
+    assert batcher._share(7, now=100.0) == 4  # nothing has run yet: the share among the free
+    batcher._cost = 0.1  # seconds a piece
+    batcher._busy = 1
+    batcher._running = {"whisper-1": (100.0, 8)}  # started now, 0.8 s to go
+    assert batcher._share(6, now=100.0) == 6
+    assert batcher._share(6, now=100.7) == 4  # 0.1 s to go: 6 + 1 pieces between the two
+    assert batcher._share(6, now=101.0) == 3  # late: as if it were free
+    assert batcher._share(40, now=100.0) == 8  # never more than `size`
+
+
 def test_the_rest_of_a_piece_waits_ahead_of_later_pieces_and_its_parts_are_joined() -> None:
     """A run function that decodes two characters of a piece at a time answers with a `Rest`:
     the rest is queued before the work's later pieces, and the parts come back joined."""

@@ -20,7 +20,9 @@ piece never touches the others.
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -36,6 +38,8 @@ R = TypeVar("R")
 #: How often an idle thread looks again even when nobody woke it (a safety net, not a delay:
 #: `submit` wakes a thread at once).
 IDLE_WAKE_SECONDS = 1.0
+#: Weight of the newest batch in the running estimate of the seconds a piece takes.
+COST_WEIGHT = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +138,8 @@ class Batcher(Generic[P, R]):
         self._changed = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._busy = 0  # threads running a batch
+        self._running: dict[str, tuple[float, int]] = {}  # thread -> its batch's start, pieces
+        self._cost: float | None = None  # seconds a piece takes, from the batches so far
         self._closed = False
         #: Batches run and pieces in them, since the start (their ratio: the mean batch).
         self.batches = 0
@@ -203,7 +209,7 @@ class Batcher(Generic[P, R]):
         batch: list[Item[P, R]] = []
         ready = [work for work in self._works if work._ready()]
         waiting = sum(work._waiting() for work in ready)
-        share = min(self.size, -(-waiting // (self.thread_count - self._busy)))
+        share = self._share(waiting, time.monotonic())
         while ready and len(batch) < share:
             for work in list(ready):
                 if len(batch) == share:
@@ -213,9 +219,28 @@ class Batcher(Generic[P, R]):
                     ready.remove(work)
         if batch:
             self._busy += 1
+            self._running[threading.current_thread().name] = (time.monotonic(), len(batch))
         if ready and self._busy < self.thread_count:
             self._changed.notify()
         return batch
+
+    def _share(self, waiting: int, now: float) -> int:
+        """How many of the `waiting` pieces the thread forming a batch takes (under the lock).
+
+        With every thread free, or before any batch has finished, its share among the free
+        threads. Otherwise its share of all the work left, counting what the busy threads still
+        have to decode (from the seconds a piece has taken so far): so the last pieces of a
+        burst are split between a thread that is free now and one that frees soon, rather than
+        taken by the first while the other then waits idle."""
+        free = self.thread_count - self._busy
+        if self._cost is None or not self._running:
+            return min(self.size, -(-waiting // free))
+        ahead = sum(
+            max(0.0, started + pieces * self._cost - now)
+            for started, pieces in self._running.values()
+        )
+        total = waiting + ahead / self._cost
+        return max(1, min(self.size, waiting, math.ceil(total / self.thread_count)))
 
     def _run(self, batch: list[Item[P, R]]) -> Sequence[R | Rest[P, R] | Exception]:
         with self._changed:
@@ -244,6 +269,13 @@ class Batcher(Generic[P, R]):
         completed: list[Work[P, R]] = []
         with self._changed:
             self._busy -= 1
+            started, pieces = self._running.pop(threading.current_thread().name)
+            cost = (time.monotonic() - started) / pieces
+            self._cost = (
+                cost
+                if self._cost is None
+                else ((1 - COST_WEIGHT) * self._cost + COST_WEIGHT * cost)
+            )
             for (work, index), result in zip(batch, results, strict=True):
                 if work.finished:
                     continue  # withdrawn or failed meanwhile: its results are dropped
