@@ -233,7 +233,7 @@ class Batcher(Generic[P, R]):
         burst are split between a thread that is free now and one that frees soon, rather than
         taken by the first while the other then waits idle."""
         free = self.thread_count - self._busy
-        if self._cost is None or not self._running:
+        if not self._cost or not self._running:  # no estimate yet (or a batch took no time)
             return min(self.size, -(-waiting // free))
         ahead = sum(
             max(0.0, started + pieces * self._cost - now)
