@@ -144,8 +144,7 @@ def test_a_thread_that_frees_first_leaves_a_share_of_the_last_pieces_to_one_free
     what is left; a thread that frees soon, this one takes half of it."""
     batcher: Batcher[int, int] = Batcher(_square, size=8, threads=2)
     assert batcher._share(7, now=100.0) == 4  # nothing has run yet: the share among the free
-    batcher._busy = 1
-    batcher._running = {"whisper-1": (100.0, 8)}  # started now
+    batcher._running = {"whisper-1": (100.0, 8)}  # one thread busy, started now
     batcher._cost = 0.0  # a batch that took no time is no estimate: the share among the free
     assert batcher._share(6, now=100.0) == 6
     batcher._cost = 0.1  # seconds a piece: 0.8 s to go

@@ -20,6 +20,7 @@ piece never touches the others.
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -98,8 +99,7 @@ class Work(Generic[P, R]):
         if isinstance(result, Rest):
             self._parts.setdefault(index, []).append(result.done)
             self.pieces[index] = result.rest
-            self._again.append(index)
-            self._again.sort()
+            bisect.insort(self._again, index)
             return False
         parts = self._parts.pop(index, None)
         if parts is not None and self.join is not None:
@@ -137,8 +137,8 @@ class Batcher(Generic[P, R]):
         self._works: list[Work[P, R]] = []
         self._changed = threading.Condition()
         self._threads: list[threading.Thread] = []
-        self._busy = 0  # threads running a batch
-        self._running: dict[str, tuple[float, int]] = {}  # thread -> its batch's start, pieces
+        #: The threads running a batch: each one's start and pieces.
+        self._running: dict[str, tuple[float, int]] = {}
         self._cost: float | None = None  # seconds a piece takes, from the batches so far
         self._closed = False
         #: Batches run and pieces in them, since the start (their ratio: the mean batch).
@@ -218,9 +218,8 @@ class Batcher(Generic[P, R]):
                 if not work._ready():
                     ready.remove(work)
         if batch:
-            self._busy += 1
             self._running[threading.current_thread().name] = (time.monotonic(), len(batch))
-        if ready and self._busy < self.thread_count:
+        if ready and len(self._running) < self.thread_count:
             self._changed.notify()
         return batch
 
@@ -232,7 +231,7 @@ class Batcher(Generic[P, R]):
         have to decode (from the seconds a piece has taken so far): so the last pieces of a
         burst are split between a thread that is free now and one that frees soon, rather than
         taken by the first while the other then waits idle."""
-        free = self.thread_count - self._busy
+        free = self.thread_count - len(self._running)
         if not self._cost or not self._running:  # no estimate yet (or a batch took no time)
             return min(self.size, -(-waiting // free))
         ahead = sum(
@@ -268,7 +267,6 @@ class Batcher(Generic[P, R]):
         touched: list[Work[P, R]] = []
         completed: list[Work[P, R]] = []
         with self._changed:
-            self._busy -= 1
             started, pieces = self._running.pop(threading.current_thread().name)
             cost = (time.monotonic() - started) / pieces
             self._cost = (
