@@ -19,7 +19,8 @@ from .botproc import BotProcess, bot_database
 from .fake_groups import GroupFakeBotAPI
 from .fakes import Call, FakeBotAPI, SentMessage
 from .media import encode_audio, long_speech
-from .test_fairness import rows
+from .test_fairness import job_ids, rows
+from .test_outputs import stored_text
 from .test_polling import log_events
 
 USER = 7401
@@ -90,17 +91,13 @@ async def delivered(api: FakeBotAPI, chat_id: int, message_id: int) -> SentMessa
 async def stored(api: FakeBotAPI, where: str, chat_id: int, message_id: int) -> str:
     """Wait until the job of `message_id` is done in the bot's database (`where`: as for
     `rows`; it is marked so just after its transcript is shown); the transcript text it stored."""
-    job = f"j.chat_id = {chat_id} AND j.message_id = {message_id}"
+    job = f"chat_id = {chat_id} AND message_id = {message_id}"
     await api.wait_for(
-        lambda: rows(where, f"SELECT status FROM jobs j WHERE {job}") == [("done",)],
+        lambda: rows(where, f"SELECT status FROM jobs WHERE {job}") == [("done",)],
         30,
         f"the job of {message_id} done",
     )
-    ((text,),) = rows(
-        where,
-        f"SELECT t.text FROM transcripts t JOIN jobs j ON j.transcript_id = t.id WHERE {job}",
-    )
-    return str(text)
+    return stored_text(where, job_ids(where)[(chat_id, message_id)])
 
 
 async def test_a_long_recording_shows_its_text_so_far_and_then_the_engines_transcript(
