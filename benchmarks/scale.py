@@ -1,9 +1,10 @@
 """Benchmark: scale-out (issue 10, section 6), real processes on one machine.
 
-Three setups, each on its own fake Bot API (tests/fakes.py) and a fresh database:
+Three setups at the default BATCH_SIZE, each on its own fake Bot API (tests/fakes.py) and a
+fresh database:
 
 - a: `voicebot run`, WORKERS=1, WHISPER_CPU_THREADS=2 (one process, embedded broker);
-- b: `voicebot run`, WORKERS=2, WHISPER_CPU_THREADS=1 (one process, two jobs at once);
+- b: `voicebot run`, WORKERS=2, WHISPER_CPU_THREADS=1 (one process, two batch loops);
 - c: `voicebot bot` + 2 x `voicebot worker` (WORKERS=1, WHISPER_CPU_THREADS=1 each) sharing a
   private PostgreSQL and a private RabbitMQ (tests/servers.py) on loopback.
 
@@ -57,11 +58,14 @@ from tests.media import encode_audio  # noqa: E402
 from tests.servers import PostgresServer, RabbitServer  # noqa: E402
 
 from voicebot.audio import decode  # noqa: E402
+from voicebot.config import Settings  # noqa: E402
 
 #: A lone note of 5-10 s for the latency runs (LJ Speech, 5.7 s).
 LATENCY_CLIP = "en/ljspeech_LJ001-0006.wav"
 GOAL_ADDED_MS = 30.0
 GOAL_WORKER_MB = 600.0
+#: The product's default: BotProcess's own (one piece a batch) is the tests' choice.
+BATCH_SIZE = Settings.model_fields["batch_size"].default
 SAMPLE_SECONDS = 0.5
 TICK = os.sysconf("SC_CLK_TCK")
 FIRST_CHAT = 300_000
@@ -398,6 +402,7 @@ async def run_setup(
         "SHUTDOWN_GRACE_SECONDS": "5",
         "PROGRESS_INTERVAL_SECONDS": "5",  # the default (the tests' BotProcess says 1)
         **LIFTED,  # every note is accepted: the door's limits are not measured here
+        "BATCH_SIZE": str(BATCH_SIZE),
     }
     if database == "postgresql":
         env["DATABASE_URL"] = await servers.database()
@@ -597,7 +602,8 @@ def render(
     date, load = start
     lines = [
         f"{date:%Y-%m-%d %H:%M} UTC, {machine()}; load average at start {load} "
-        f"(1/5/15 min), at end {loadavg()}; WHISPER_MODEL={args.model}; fake Bot API in the "
+        f"(1/5/15 min), at end {loadavg()}; WHISPER_MODEL={args.model}, BATCH_SIZE={BATCH_SIZE}; "
+        "fake Bot API in the "
         f"benchmark process on 127.0.0.1; private PostgreSQL and RabbitMQ on 127.0.0.1 for c; "
         f"run took {seconds:.0f} s",
         "",
