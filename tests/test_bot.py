@@ -243,6 +243,21 @@ async def test_burst_from_five_users(
     assert max(positions) >= 10
     # A place can repeat: a job may finish between two arrivals and move the line up.
     assert all(1 <= p <= 19 for p in positions)
+    # A job shown a place is edited to "Transcribing…" when it starts (unless the cache
+    # answers it first: the notes repeat); one whose reply said so at once (a slot was free)
+    # is not edited to the same text again.
+    started = {
+        (int(c.params["chat_id"]), int(c.params["message_id"]))
+        for c in api.calls_of("editMessageText")
+        if c.params["text"] == "Transcribing…"
+    }
+    queued = set()
+    for user, message_id in expected:
+        (reply,) = [m for m in api.messages(user) if m.reply_to == message_id]
+        if (reply.edits[0] if reply.edits else reply.text or "").startswith("Queued"):
+            queued.add((user, reply.message_id))
+    assert started, "no queued job was edited when it started"
+    assert started <= queued, started - queued
 
 
 async def test_local_bot_api_server_mode(

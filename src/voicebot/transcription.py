@@ -58,13 +58,19 @@ async def transcribe(runtime: Runtime, job: Job) -> None:
         await session.commit()
     if job.status_message_id is not None:
         async with status_lock(runtime, job.id):
-            await try_edit(
-                runtime.bot,
-                chat_id=job.chat_id,
-                message_id=job.status_message_id,
-                text=texts.TRANSCRIBING,
-                reply_markup=cancel_keyboard(job.id),
-            )
+            # Under the lock, after any position edit decided while the job was queued: a reply
+            # this process sent as "Transcribing…" (a slot was free, place 0) and no position
+            # edit has changed since already says it, so the edit is not sent again. A reply
+            # sent by another process, or since moved back in line, is edited.
+            shown, _ = runtime.positions.get(job.id, (None, 0.0))
+            if shown != 0:
+                await try_edit(
+                    runtime.bot,
+                    chat_id=job.chat_id,
+                    message_id=job.status_message_id,
+                    text=texts.TRANSCRIBING,
+                    reply_markup=cancel_keyboard(job.id),
+                )
     fetching = time.monotonic()
     data = await _download(runtime, job)
     runtime.metrics.download.observe(time.monotonic() - fetching)
