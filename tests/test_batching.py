@@ -16,7 +16,7 @@ import srt
 import webvtt
 
 from voicebot.audio import SAMPLE_RATE, decode
-from voicebot.batching import Batcher, Item, Rest, Work
+from voicebot.batching import TIMING_DECAY, Batcher, Item, Rest, Timing, Work
 from voicebot.config import Settings
 from voicebot.engine import Engine, build_engine
 from voicebot.errors import (
@@ -138,20 +138,56 @@ def test_idle_threads_share_a_lone_work() -> None:
     assert max(start_a, start_b) < min(end_a, end_b)  # at the same time
 
 
+def test_a_batch_takes_as_long_as_a_fixed_part_and_a_part_for_each_unit_of_load() -> None:
+    timing = Timing()
+    assert timing.fit() is None  # nothing ran yet
+    timing.add(8, 0.0)
+    assert timing.fit() is None  # a batch that took no time is no estimate
+    one_load = Timing()
+    one_load.add(8, 1.6)
+    one_load.add(8, 1.6)
+    assert one_load.fit() == pytest.approx((0.0, 0.2))  # one load so far: no fixed part known
+    line = Timing()
+    line.add(1, 0.5)
+    line.add(8, 1.2)
+    assert line.fit() == pytest.approx((0.4, 0.1))  # two loads: the line through them
+    backwards = Timing()
+    backwards.add(1, 1.0)
+    backwards.add(8, 0.9)  # no line that makes sense: seconds per unit of load, on average
+    earlier = TIMING_DECAY  # what the earlier batch counts
+    assert backwards.fit() == pytest.approx((0.0, (earlier * 1.0 + 0.9) / (earlier * 1 + 8)))
+
+
 def test_a_thread_that_frees_first_leaves_a_share_of_the_last_pieces_to_one_freeing_soon() -> None:
-    """The share counts what busy threads still have to decode (at the seconds a piece has
-    taken so far): all threads free, an even split; a thread busy for long, this one takes
-    what is left; a thread that frees soon, this one takes half of it."""
-    batcher: Batcher[int, int] = Batcher(_square, size=8, threads=2)
-    assert batcher._share(7, now=100.0) == 4  # nothing has run yet: the share among the free
-    batcher._running = {"whisper-1": (100.0, 8)}  # one thread busy, started now
-    batcher._cost = 0.0  # a batch that took no time is no estimate: the share among the free
-    assert batcher._share(6, now=100.0) == 6
-    batcher._cost = 0.1  # seconds a piece: 0.8 s to go
-    assert batcher._share(6, now=100.0) == 6
-    assert batcher._share(6, now=100.7) == 4  # 0.1 s to go: 6 + 1 pieces between the two
-    assert batcher._share(6, now=101.0) == 3  # late: as if it were free
-    assert batcher._share(40, now=100.0) == 8  # never more than `size`
+    """The share is by weight (here a piece weighs its value) and counts what busy threads
+    still have to decode, at the time batches have taken so far: all threads free, an even
+    split; a thread busy for long, this one takes what is left; one that frees soon, this one
+    takes about half of it."""
+    batcher: Batcher[int, int] = Batcher(_square, size=8, threads=2, weight=float)
+
+    def formed(pieces: list[int]) -> list[int]:
+        """The batch this thread would form now from one work of `pieces`."""
+        work = Work(pieces)
+        with batcher._changed:
+            batcher._works = [work]
+            taken = [work.pieces[i] for _, i in batcher._take()]
+            del batcher._running[threading.current_thread().name]
+            batcher._works = []
+        return taken
+
+    assert formed([1] * 7) == [1] * 4  # nothing ran yet: half of 7 each, to the nearest piece
+    assert formed([6, 1, 1, 1, 1, 2]) == [6]  # half the weight
+    batcher._timing.add(1, 0.5)
+    batcher._timing.add(8, 1.2)  # a batch takes 0.4 s and 0.1 s a unit of load
+    now = time.monotonic()
+    batcher._running = {"whisper-1": (now, 8.0)}  # one thread busy for 1.2 s more
+    assert formed([1] * 6) == [1] * 6  # 6 + 12 units of work to share: all of these
+    batcher._running = {"whisper-1": (now - 1.0, 8.0)}  # 0.2 s more: 2 units
+    assert formed([1] * 6) == [1] * 4
+    assert formed([3, 1, 1, 1, 1, 1]) == [3, 1, 1]  # by weight: (8 + 2) / 2 units
+    batcher._running = {"whisper-1": (now - 2.0, 8.0)}  # late: as if it were free
+    assert formed([1] * 6) == [1] * 3
+    assert formed([1] * 40) == [1] * 8  # never more than `size`
 
 
 def test_the_rest_of_a_piece_waits_ahead_of_later_pieces_and_its_parts_are_joined() -> None:

@@ -21,7 +21,6 @@ piece never touches the others.
 from __future__ import annotations
 
 import bisect
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -39,8 +38,8 @@ R = TypeVar("R")
 #: How often an idle thread looks again even when nobody woke it (a safety net, not a delay:
 #: `submit` wakes a thread at once).
 IDLE_WAKE_SECONDS = 1.0
-#: Weight of the newest batch in the running estimate of the seconds a piece takes.
-COST_WEIGHT = 0.3
+#: How much each earlier batch counts in the fit of a batch's seconds, against the next one.
+TIMING_DECAY = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +85,14 @@ class Work(Generic[P, R]):
     def _waiting(self) -> int:
         return len(self._again) + len(self.pieces) - self._next
 
+    def _left(self) -> list[P]:
+        """The pieces (or rests) waiting for a batch."""
+        return [self.pieces[i] for i in self._again] + self.pieces[self._next :]
+
+    def _peek(self) -> int:
+        """The index `_take` gives next."""
+        return self._again[0] if self._again else self._next
+
     def _take(self) -> int:
         """The index of the next piece for a batch: a waiting rest first (earlier speech)."""
         if self._again:
@@ -109,6 +116,38 @@ class Work(Generic[P, R]):
         return True
 
 
+class Timing:
+    """A batch's seconds as `fixed + per_unit * load` (its pieces' weights summed), fitted to
+    the batches so far (least squares, each earlier batch counting TIMING_DECAY of the next):
+    on a CPU a batch of one piece costs about twice as much a piece as a batch of eight."""
+
+    def __init__(self) -> None:
+        #: Decayed sums over the batches: count, load, seconds, load², load x seconds.
+        self._sums = (0.0, 0.0, 0.0, 0.0, 0.0)
+
+    def add(self, load: float, seconds: float) -> None:
+        """Count one batch of `load` that took `seconds`."""
+        w, n, t, nn, nt = (total * TIMING_DECAY for total in self._sums)
+        self._sums = (w + 1, n + load, t + seconds, nn + load**2, nt + load * seconds)
+
+    def fit(self) -> tuple[float, float] | None:
+        """(fixed, per_unit) seconds, or None while no batch has taken any time."""
+        w, n, t, nn, nt = self._sums
+        if t <= 0 or n <= 0:
+            return None
+        spread = w * nn - n * n  # zero while every batch had the same load
+        if spread > 1e-9 * w * nn:
+            per_unit = (w * nt - n * t) / spread
+            fixed = (t - per_unit * n) / w
+            if per_unit > 0 and fixed >= 0:
+                return fixed, per_unit
+        return 0.0, t / n  # one load so far, or no line that makes sense: load alone
+
+
+def _one(_piece: object) -> float:
+    return 1.0
+
+
 Item = tuple[Work[P, R], int]
 """One piece in a batch: its work and its index there."""
 Run = Callable[[list[Item[P, R]]], Sequence[R | Rest[P, R] | Exception]]
@@ -127,8 +166,12 @@ class Batcher(Generic[P, R]):
         threads: int,
         name: str = "batch",
         on_batch: Callable[[int], None] | None = None,
+        weight: Callable[[P], float] | None = None,
     ) -> None:
         self.run = run
+        #: A piece's share of a batch's time (the engine: its window and audio, in seconds); 1
+        #: without.
+        self.weight = weight or _one
         #: Told each batch's size as it starts (a metric).
         self.on_batch = on_batch
         self.size = size
@@ -137,9 +180,9 @@ class Batcher(Generic[P, R]):
         self._works: list[Work[P, R]] = []
         self._changed = threading.Condition()
         self._threads: list[threading.Thread] = []
-        #: The threads running a batch: each one's start and pieces.
-        self._running: dict[str, tuple[float, int]] = {}
-        self._cost: float | None = None  # seconds a piece takes, from the batches so far
+        #: The threads running a batch: each one's start and load (its pieces' weights).
+        self._running: dict[str, tuple[float, float]] = {}
+        self._timing = Timing()  # the seconds a batch takes, from those so far
         self._closed = False
         #: Batches run and pieces in them, since the start (their ratio: the mean batch).
         self.batches = 0
@@ -204,42 +247,50 @@ class Batcher(Generic[P, R]):
 
     def _take(self) -> list[Item[P, R]]:
         """The next batch, round robin over ready works in arrival order (under the lock): at
-        most `size` pieces, and no more than this thread's share of the ready ones while other
-        threads are free too (one of them is woken for the rest)."""
+        most `size` pieces, and no more than this thread's share of the ready ones (by weight)
+        while other threads are free or free soon (one free is woken for the rest)."""
         batch: list[Item[P, R]] = []
         ready = [work for work in self._works if work._ready()]
-        waiting = sum(work._waiting() for work in ready)
+        waiting = sum(self.weight(piece) for work in ready for piece in work._left())
         share = self._share(waiting, time.monotonic())
-        while ready and len(batch) < share:
+        load = 0.0
+        while ready and len(batch) < self.size:
             for work in list(ready):
-                if len(batch) == share:
+                weight = self.weight(work.pieces[work._peek()])
+                # The share to the nearest piece, and never an empty batch.
+                if len(batch) == self.size or (batch and load + weight / 2 > share):
+                    ready.clear()
                     break
                 batch.append((work, work._take()))
+                load += weight
                 if not work._ready():
                     ready.remove(work)
         if batch:
-            self._running[threading.current_thread().name] = (time.monotonic(), len(batch))
-        if ready and len(self._running) < self.thread_count:
+            self._running[threading.current_thread().name] = (time.monotonic(), load)
+        if any(work._ready() for work in self._works) and len(self._running) < self.thread_count:
             self._changed.notify()
         return batch
 
-    def _share(self, waiting: int, now: float) -> int:
-        """How many of the `waiting` pieces the thread forming a batch takes (under the lock).
+    def _share(self, waiting: float, now: float) -> float:
+        """The load (pieces' weights) of the `waiting` ones that the thread forming a batch
+        takes (under the lock).
 
-        With every thread free, or before any batch has finished, its share among the free
+        With every thread free, or before any batch has taken time, its share among the free
         threads. Otherwise its share of all the work left, counting what the busy threads still
-        have to decode (from the seconds a piece has taken so far): so the last pieces of a
-        burst are split between a thread that is free now and one that frees soon, rather than
-        taken by the first while the other then waits idle."""
+        have to decode (from the time batches have taken so far, `Timing`) as load at the cost
+        of one more unit: so the last pieces of a burst are split between a thread that is free
+        now and one that frees soon, and both end about together, rather than taken by the
+        first while the other then waits idle."""
         free = self.thread_count - len(self._running)
-        if not self._cost or not self._running:  # no estimate yet (or a batch took no time)
-            return min(self.size, -(-waiting // free))
+        fit = self._timing.fit()
+        if fit is None or not self._running:
+            return waiting / free
+        fixed, per_unit = fit
         ahead = sum(
-            max(0.0, started + pieces * self._cost - now)
-            for started, pieces in self._running.values()
+            max(0.0, started + fixed + load * per_unit - now)
+            for started, load in self._running.values()
         )
-        total = waiting + ahead / self._cost
-        return max(1, min(self.size, waiting, math.ceil(total / self.thread_count)))
+        return (waiting + ahead / per_unit) / self.thread_count
 
     def _run(self, batch: list[Item[P, R]]) -> Sequence[R | Rest[P, R] | Exception]:
         with self._changed:
@@ -267,13 +318,8 @@ class Batcher(Generic[P, R]):
         touched: list[Work[P, R]] = []
         completed: list[Work[P, R]] = []
         with self._changed:
-            started, pieces = self._running.pop(threading.current_thread().name)
-            cost = (time.monotonic() - started) / pieces
-            self._cost = (
-                cost
-                if self._cost is None
-                else ((1 - COST_WEIGHT) * self._cost + COST_WEIGHT * cost)
-            )
+            started, load = self._running.pop(threading.current_thread().name)
+            self._timing.add(load, time.monotonic() - started)
             for (work, index), result in zip(batch, results, strict=True):
                 if work.finished:
                     continue  # withdrawn or failed meanwhile: its results are dropped

@@ -78,12 +78,14 @@ class Engine:
     ) -> None:
         self.model = model
         self.options = options
+        decoder = Decoder(model, options)
         self.batcher: Batcher[Piece, tuple[Segment, ...]] = Batcher(
-            Decoder(model, options),
+            decoder,
             size=options.batch_size,
             threads=options.workers,
             name="whisper",
             on_batch=on_batch,
+            weight=decoder.weight,
         )
 
     @property

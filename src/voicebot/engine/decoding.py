@@ -142,6 +142,12 @@ class Decoder:
                     decoded[i] = (segments, None if resume is None else cut[i].after(resume))
         return decoded
 
+    def weight(self, piece: Piece) -> float:
+        """A piece's share of a batch's time: its encoder window and its audio (what the
+        decoder's text grows with), in seconds."""
+        per_second = float(self.model.frames_per_second)
+        return self._window(round(piece.duration * per_second)) / per_second + piece.duration
+
     def _window(self, frames: int) -> int:
         """The encoder window for a piece of `frames` feature frames.
 
