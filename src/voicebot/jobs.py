@@ -195,15 +195,21 @@ async def transcribe_job(job_id: int, runtime: Runtime = TaskiqDepends()) -> Non
 async def _job(runtime: Runtime, job_id: int) -> None:
     current = asyncio.current_task()
     assert current is not None
-    runtime.acknowledging.add(current)
-    try:
-        await acknowledge(runtime, job_id)
-    finally:
-        runtime.acknowledging.discard(current)
-    if runtime.stopping:
-        return
     async with runtime.sessions() as session:
         job = await session.get(Job, job_id)
+    if job is not None and job.status_message_id is None:
+        # Its reply was not sent (a job recovered, or its process died before replying). Looked
+        # up first: the usual job, replied to by `_start`, must not wait for a reply slot
+        # behind the replies of a whole burst to learn that.
+        runtime.acknowledging.add(current)
+        try:
+            await acknowledge(runtime, job_id)
+        finally:
+            runtime.acknowledging.discard(current)
+        async with runtime.sessions() as session:
+            job = await session.get(Job, job_id)
+    if runtime.stopping:
+        return
     if job is not None and job.status == JobStatus.cancelled:
         # Cancelled by a press handled before this task could be stopped: it ends here, and
         # shows "Cancelled" again (an idempotent edit).

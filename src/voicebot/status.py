@@ -28,7 +28,6 @@ from aiogram.exceptions import (
     TelegramRetryAfter,
 )
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
-from sqlalchemy import select
 
 from voicebot import texts
 from voicebot.delivery import TRANSIENT, edit_text, with_retries
@@ -82,12 +81,6 @@ def status_lock(runtime: Runtime, job_id: int) -> asyncio.Lock:
 
 async def acknowledge(runtime: Runtime, job_id: int) -> None:
     """Reply to the job's message with its place in line, unless it has a status message."""
-    # Looked up before the wait for a reply slot: a job started after its reply was sent (the
-    # usual case) must not queue behind the replies of a whole burst to learn that.
-    async with runtime.sessions() as session:
-        sent = await session.scalar(select(Job.status_message_id).where(Job.id == job_id))
-    if sent is not None:
-        return
     async with runtime.replies:
         if not runtime.stopping:  # at shutdown only replies already under way finish
             await ensure_status(runtime, job_id, queued=True)
