@@ -253,13 +253,13 @@ class Batcher(Generic[P, R]):
         ready = [work for work in self._works if work._ready()]
         waiting = sum(self.weight(piece) for work in ready for piece in work._left())
         share = self._share(waiting, time.monotonic())
-        load = 0.0
-        while ready and len(batch) < self.size:
+        load, full = 0.0, False
+        while ready and not full:
             for work in list(ready):
                 weight = self.weight(work.pieces[work._peek()])
                 # The share to the nearest piece, and never an empty batch.
-                if len(batch) == self.size or (batch and load + weight / 2 > share):
-                    ready.clear()
+                full = len(batch) == self.size or bool(batch and load + weight / 2 > share)
+                if full:
                     break
                 batch.append((work, work._take()))
                 load += weight
@@ -267,7 +267,7 @@ class Batcher(Generic[P, R]):
                     ready.remove(work)
         if batch:
             self._running[threading.current_thread().name] = (time.monotonic(), load)
-        if any(work._ready() for work in self._works) and len(self._running) < self.thread_count:
+        if ready and len(self._running) < self.thread_count:
             self._changed.notify()
         return batch
 
