@@ -237,6 +237,11 @@ async def test_a_worker_stopped_gracefully_gives_its_jobs_back(
     expected = {(4100, api.send_voice(4100, note, duration=30)): phrase}
     expected |= send_burst(api, corpus, count=1, users=1, first_user=4101)
     await api.wait_for(lambda: len(api.calls_of("downloadFile")) == 1, 60, "one job running")
+    # And the second in the worker's hands too (taskiq logs each task it starts), not still in
+    # RabbitMQ: the first job can reach its download before the second is even published.
+    await api.wait_for(
+        lambda: worker.output().count("Executing task transcribe_job") == 2, 60, "both jobs taken"
+    )
     assert await worker.stop() == 0, worker.output()
     assert (
         await query(
