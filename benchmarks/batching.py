@@ -29,7 +29,8 @@ float arrays, so that every run below times recognition only:
    burst of 16 English clips at once and then the ~224-s recording, and reports its resident
    memory (VmRSS after imports and after loading, peak VmHWM and ru_maxrss) and times. Goal:
    <= 600 MB at the default batch size. Also what `import aiogram` alone adds to a bare
-   interpreter's resident memory (and `import faster_whisper`, for scale).
+   interpreter's resident memory, as is and as voicebot imports it (`telegramtypes`), and
+   `import faster_whisper`, for scale.
 
 Prints a markdown report and writes it to bench-results/batching.md (batching-quick.md with
 `--quick`, a smoke test: a few clips and one 1-minute recording).
@@ -83,10 +84,14 @@ GOAL_BURST_WER = 0.5  # points over stock one by one
 GOAL_LONG_RATIO = 0.5
 GOAL_LONG_WER = 1.0  # points from clip by clip
 GOAL_MB = 600.0
+DEFERRED_AIOGRAM = "voicebot.telegramtypes:import_deferred"
 RSS_PROBE = (
     "import importlib, sys\n"
     "for name in sys.argv[1:]:\n"
-    "    importlib.import_module(name)\n"
+    "    module, _, call = name.partition(':')\n"
+    "    module = importlib.import_module(module)\n"
+    "    if call:\n"
+    "        getattr(module, call)()\n"
     "with open('/proc/self/status') as status:\n"
     "    print(next(line.split()[1] for line in status if line.startswith('VmRSS:')))\n"
 )
@@ -539,13 +544,16 @@ class Bench:
             line = next(x for x in reversed(done.stdout.splitlines()) if x.startswith("MEMORY "))
             self.memory.append(json.loads(line.removeprefix("MEMORY ")))
         bare = probe_rss([])
-        for module in ("aiogram", "faster_whisper"):
+        for module in ("aiogram", DEFERRED_AIOGRAM, "faster_whisper"):
             self.imports[module] = probe_rss([module]) - bare
         self.imports["bare python"] = bare
 
 
 def probe_rss(modules: list[str]) -> float:
-    """Median VmRSS (MB) of a fresh interpreter after importing `modules`, three runs."""
+    """Median VmRSS (MB) of a fresh interpreter after importing `modules`, three runs.
+
+    A name `module:function` also calls the function, without arguments, once imported.
+    """
     values = []
     for _ in range(3):
         done = subprocess.run(
@@ -770,7 +778,9 @@ def render_memory(bench: Bench) -> list[str]:
         "- ru_maxrss (getrusage) is kept across exec, so it is at least the launching process's "
         "peak; VmHWM is the child's own",
         f"- resident memory a fresh interpreter adds by importing (bare python "
-        f"{bench.imports['bare python']:.0f} MB): aiogram {bench.imports['aiogram']:.0f} MB, "
+        f"{bench.imports['bare python']:.0f} MB): aiogram {bench.imports['aiogram']:.0f} MB "
+        f"({bench.imports[DEFERRED_AIOGRAM]:.0f} MB as voicebot imports it, its types' schemas "
+        "built on first use), "
         f"faster_whisper {bench.imports['faster_whisper']:.0f} MB",
         "",
     ]

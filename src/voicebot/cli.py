@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from voicebot import admin, backup, texts
+from voicebot import admin, backup, telegramtypes, texts
 from voicebot.audio import SAMPLE_RATE, decode
 from voicebot.config import Settings
 from voicebot.engine import Engine, build_engine
@@ -91,6 +91,8 @@ def worker() -> None:
 def _serve(settings: Settings, *, front: bool, work: bool) -> None:
     import asyncio
 
+    # Before anything imports aiogram: its types' schemas are then built when first used.
+    telegramtypes.import_deferred()
     from voicebot.service import serve
 
     try:

@@ -23,7 +23,7 @@ from aiogram.exceptions import (
     TelegramNetworkError,
     TelegramUnauthorizedError,
 )
-from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, User
+from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, Update, User
 from aiogram.utils.i18n import I18n
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -84,6 +84,9 @@ async def serve(settings: Settings, *, front: bool = True, work: bool = True) ->
     check_role(settings, front=front, work=work)
     if front:
         check_mode(settings)
+        # aiogram's types may be built on first use (`telegramtypes`): an update's is built
+        # now, not on the first update (about 60 ms).
+        Update.model_rebuild()
     bot = build_bot(settings)
     i18n = build_i18n()
     # Current for the whole service: the tasks created below inherit it, and each update or
