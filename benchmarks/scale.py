@@ -1,12 +1,13 @@
 """Benchmark: scale-out (issue 10, section 6), real processes on one machine.
 
-Three setups at the default BATCH_SIZE, each on its own fake Bot API (tests/fakes.py) and a
-fresh database:
+Three setups, each on its own fake Bot API (tests/fakes.py) and a fresh database:
 
 - a: `voicebot run`, WORKERS=1, WHISPER_CPU_THREADS=2 (one process, embedded broker);
 - b: `voicebot run`, WORKERS=2, WHISPER_CPU_THREADS=1 (one process, two batch loops);
 - c: `voicebot bot` + 2 x `voicebot worker` (WORKERS=1, WHISPER_CPU_THREADS=1 each) sharing a
   private PostgreSQL and a private RabbitMQ (tests/servers.py) on loopback.
+
+a and b run the default BATCH_SIZE; c's workers run what deploy/compose.scale.yml gives them.
 
 Each takes the same burst: `--clips` voice notes cut from the English corpus clips (in manifest
 order, cycled) from `--chats` chats, sent at once. Every note in the whole run is distinct bytes
@@ -66,6 +67,8 @@ GOAL_ADDED_MS = 30.0
 GOAL_WORKER_MB = 600.0
 #: The product's default: BotProcess's own (one piece a batch) is the tests' choice.
 BATCH_SIZE = Settings.model_fields["batch_size"].default
+#: What deploy/compose.scale.yml gives its worker replicas.
+WORKER_BATCH_SIZE = 4
 SAMPLE_SECONDS = 0.5
 TICK = os.sysconf("SC_CLK_TCK")
 FIRST_CHAT = 300_000
@@ -83,13 +86,14 @@ class Setup:
     workers: int  # WORKERS of each process that runs jobs
     threads: int  # WHISPER_CPU_THREADS of each
     consumers: int = 1  # processes that run jobs
+    batch_size: int = BATCH_SIZE  # BATCH_SIZE of each
 
     def describe(self) -> str:
         threads = f"{self.threads} thread{'s' if self.threads > 1 else ''}"
         if self.split:
             return (
                 f"`voicebot bot` + {self.consumers} x `voicebot worker` "
-                f"(WORKERS={self.workers}, {threads} each)"
+                f"(WORKERS={self.workers}, {threads}, BATCH_SIZE={self.batch_size} each)"
             )
         each = " each" if self.workers > 1 else ""
         return f"`voicebot run`, WORKERS={self.workers}, {threads}{each}"
@@ -98,7 +102,7 @@ class Setup:
 SETUPS = {
     "a": Setup("a", split=False, workers=1, threads=2),
     "b": Setup("b", split=False, workers=2, threads=1),
-    "c": Setup("c", split=True, workers=1, threads=1, consumers=2),
+    "c": Setup("c", split=True, workers=1, threads=1, consumers=2, batch_size=WORKER_BATCH_SIZE),
 }
 
 
@@ -428,7 +432,7 @@ async def run_setup(
                         role=role,
                         WORKERS=str(setup.workers),
                         WHISPER_CPU_THREADS=str(setup.threads),
-                        **env,
+                        **env | {"BATCH_SIZE": str(setup.batch_size)},
                     ),
                 )
             )
@@ -602,7 +606,8 @@ def render(
     date, load = start
     lines = [
         f"{date:%Y-%m-%d %H:%M} UTC, {machine()}; load average at start {load} "
-        f"(1/5/15 min), at end {loadavg()}; WHISPER_MODEL={args.model}, BATCH_SIZE={BATCH_SIZE}; "
+        f"(1/5/15 min), at end {loadavg()}; WHISPER_MODEL={args.model}, BATCH_SIZE={BATCH_SIZE} "
+        f"(c's workers: {WORKER_BATCH_SIZE}, as deploy/compose.scale.yml); "
         "fake Bot API in the "
         f"benchmark process on 127.0.0.1; private PostgreSQL and RabbitMQ on 127.0.0.1 for c; "
         f"run took {seconds:.0f} s",

@@ -168,12 +168,11 @@ def test_bot_and_worker_run_one_image_in_their_roles() -> None:
         single = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
         for key in ("DATA_DIR", "MODEL_CACHE_DIR", "HTTP_HOST", "HTTP_PORT"):
             assert env[key] == single["voicebot"]["environment"][key], (name, key)
-    assert environment(bot) | {"WORKER_QUEUES": "default,long", "WORKERS": "1"} == environment(
-        worker
-    )
+    replica = {"WORKER_QUEUES": "default,long", "WORKERS": "1", "BATCH_SIZE": "4"}
+    assert environment(bot) | replica == environment(worker)
 
-    # Workers: two by default of one batch loop each, nothing published (so `--scale worker=N`
-    # works).
+    # Workers: two by default of one batch loop of up to 4 notes each (RabbitMQ then gives each
+    # 4 messages at a time), nothing published (so `--scale worker=N` works).
     assert worker["deploy"]["replicas"] == 2
     assert "ports" not in worker
     # The bot's HTTP app on the host's loopback: 8080 (nginx's upstream) and the next ports
