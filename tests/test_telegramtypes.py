@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
+
+from aiogram.methods import EditMessageText, GetFile, GetMe, SendDocument, SendMessage
+from aiogram.methods.base import Response
+from aiogram.types import Message, Update
+
+from voicebot.polling import GetRawUpdates
+from voicebot.telegramtypes import build_now
 
 # Run in a fresh interpreter: in this one, other tests have built types already.
 CHILD = """
@@ -89,3 +97,14 @@ def test_aiogram_types_are_built_on_first_use_each_from_aiograms_own_names() -> 
     assert done.returncode == 0, done.stdout + done.stderr
     assert "built at import 0" in done.stdout
     assert "all built" in done.stdout
+
+
+def test_the_results_built_at_start_are_those_aiogram_asks_for_on_each_call() -> None:
+    """`build_now` returns the `Response[...]` models of the usual calls, the very ones aiogram
+    then parametrizes (pydantic caches them weakly: the service holds these)."""
+    results = build_now(updates=True)
+    gc.collect()
+    for method in (SendMessage, EditMessageText, SendDocument, GetFile, GetMe, GetRawUpdates):
+        assert Response[method.__returning__] in results, method.__name__
+    assert Update.__pydantic_complete__
+    assert Message.__pydantic_complete__

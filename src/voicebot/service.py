@@ -23,12 +23,12 @@ from aiogram.exceptions import (
     TelegramNetworkError,
     TelegramUnauthorizedError,
 )
-from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, Update, User
+from aiogram.types import BotCommand, BotCommandScopeAllGroupChats, User
 from aiogram.utils.i18n import I18n
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from voicebot import cancels, leases, locks, places, positions, privacy, texts
+from voicebot import cancels, leases, locks, places, positions, privacy, telegramtypes, texts
 from voicebot.bot import build_dispatcher
 from voicebot.bot.admin import admin_menu, set_admin_menus
 from voicebot.broker import build_broker
@@ -84,9 +84,8 @@ async def serve(settings: Settings, *, front: bool = True, work: bool = True) ->
     check_role(settings, front=front, work=work)
     if front:
         check_mode(settings)
-        # aiogram's types may be built on first use (`telegramtypes`): an update's is built
-        # now, not on the first update (about 60 ms).
-        Update.model_rebuild()
+    # Held while the service runs (see `build_now`).
+    _results = telegramtypes.build_now(updates=front)
     bot = build_bot(settings)
     i18n = build_i18n()
     # Current for the whole service: the tasks created below inherit it, and each update or
