@@ -10,6 +10,7 @@ process that stops deletes its row.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import cache
 
 from sqlalchemy import ColumnElement, and_, case, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,10 +45,22 @@ async def running_at_once(session: AsyncSession, *, seen_since: datetime) -> int
     return int(found or 0)
 
 
+@cache
+def _earlier() -> type[Job]:
+    """`Job` aliased as the sender's earlier jobs, made once.
+
+    SQLAlchemy indexes an alias's columns the first time an expression is adapted to it: about
+    1 ms of Python for this table on an idle process, and up to 10 ms on a busy event loop.
+    A fresh alias for each reply's place in line made that the largest part of the event
+    loop's work in a burst (0.39 of 1.34 s). The alias itself holds no state of a query.
+    """
+    return aliased(Job, name="earlier")
+
+
 def order_of(*, since: datetime) -> tuple[ColumnElement[int], ColumnElement[int]]:
     """A job row's class (0 premium, or free recorded at or before `since`; 1 free) and turn
     (its sender's jobs recorded since `since`, up to it), as SQL over `Job`: the key of `slots`."""
-    earlier = aliased(Job)
+    earlier = _earlier()
     turn = (
         select(func.count())
         .select_from(earlier)
