@@ -29,12 +29,15 @@ def import_deferred() -> bool:
     if "aiogram" in sys.modules:
         return False
     rebuild = BaseModel.__dict__["model_rebuild"]
-    deferred: dict[type[BaseModel], dict[str, Any]] = {}
+    deferred: list[type[BaseModel]] = []
+    namespace: dict[str, Any] | None = None  # the one aiogram passes every type
 
     def defer(cls: type[BaseModel], *args: Any, **kwargs: Any) -> bool | None:
-        namespace = kwargs.get("_types_namespace")
-        if namespace is not None and cls.__module__.startswith(_TYPES_PACKAGE):
-            deferred[cls] = namespace
+        nonlocal namespace
+        given = kwargs.get("_types_namespace")
+        if given is not None and cls.__module__.startswith(_TYPES_PACKAGE):
+            deferred.append(cls)
+            namespace = given
             return None
         result: bool | None = rebuild.__func__(cls, *args, **kwargs)
         return result
@@ -44,25 +47,25 @@ def import_deferred() -> bool:
         import aiogram.methods
     finally:
         BaseModel.model_rebuild = rebuild  # type: ignore[method-assign]
+    if namespace is None:
+        return True  # aiogram built its types itself
     # The methods whose fields hold a type that was not built yet are deferred too.
     methods = [
         cls
         for cls in vars(aiogram.methods).values()
         if isinstance(cls, type) and issubclass(cls, BaseModel) and not cls.__pydantic_complete__
     ]
-    for cls, namespace in deferred.items():
+    for cls in deferred:
         # A model built inside another takes the names of its own module: as if its imports
         # under TYPE_CHECKING had run.
         module = vars(sys.modules[cls.__module__])
         for name, value in namespace.items():
             module.setdefault(name, value)
-    if deferred:
-        namespace = next(iter(deferred.values()))
-        for cls in [*deferred, *methods]:
-            # pydantic builds a deferred model from the namespace it was defined in, updated
-            # with the locals of whatever frame first uses it; this one is applied last, so
-            # aiogram's names win over a caller's, for the types it holds too.
-            cls.__pydantic_parent_namespace__ = namespace
+    for cls in [*deferred, *methods]:
+        # pydantic builds a deferred model from the namespace it was defined in, updated with
+        # the locals of whatever frame first uses it; this one is applied last, so aiogram's
+        # names win over a caller's, for the types it holds too.
+        cls.__pydantic_parent_namespace__ = namespace
     return True
 
 
