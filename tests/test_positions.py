@@ -37,6 +37,10 @@ from .test_fairness import answered, job_ids, run_bot, text_of
 PLACE = re.compile(r"Queued, position (\d+)")
 #: Arrival jitter allowed when counting calls in a 1-s window (the bot's clock is not the fake's).
 JITTER = 0.05
+#: The same for a round of 20 edits sent together: on a loaded machine (CI runs two test
+#: processes) their arrivals spread by more than 50 ms. A fixed window or a missing budget
+#: would still show about 40 edits within such a second.
+ROUND_JITTER = 0.2
 
 
 @pytest.fixture
@@ -82,11 +86,11 @@ def place_of(call: Call) -> int:
     return int(found[1])
 
 
-def most_in_a_second(calls: list[Call]) -> int:
+def most_in_a_second(calls: list[Call], jitter: float = JITTER) -> int:
     """The most calls that arrived within any one second (less the allowed jitter)."""
     times = sorted(call.at for call in calls)
     return max(
-        (sum(1 for t in times if start <= t < start + 1.0 - JITTER) for start in times), default=0
+        (sum(1 for t in times if start <= t < start + 1.0 - jitter) for start in times), default=0
     )
 
 
@@ -181,7 +185,7 @@ async def test_a_burst_of_200_waiting_jobs_is_edited_front_first_within_the_budg
 
     edits = [c for c in api.calls[mark:] if c.method == "editMessageText"]
     assert 40 <= len(edits) <= 60, len(edits)  # the budget was used, and no more
-    assert most_in_a_second(edits) <= 20
+    assert most_in_a_second(edits, ROUND_JITTER) <= 20
     # Front first: the edits went to the next ones in line, each to its place now. (The
     # first of them has a free slot, place 0: it says "Transcribing…" itself when it starts.)
     rest = line[5:]
