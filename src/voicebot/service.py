@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from typing import TYPE_CHECKING
 
@@ -214,8 +215,10 @@ async def _run(
     await broker.start()
     runtime.health.broker = True
     try:
+        frozen = _freeze_start_up()
         log.info(
             "bot_started",
+            frozen_objects=frozen,
             username=me.username,
             api=settings.telegram_api_url,
             model=settings.whisper_model if work else None,
@@ -304,6 +307,21 @@ async def _run(
     finally:
         runtime.health.broker = False
         await broker.close()
+
+
+def _freeze_start_up() -> int:
+    """Keep what start-up built out of the collector's full passes; how many objects that is.
+
+    A process with the bot holds about 200,000 objects once started (aiogram's types, the
+    model's wrappers, SQLAlchemy's mappers), nearly all for good. A full pass of Python's
+    collector walks every one: 90-150 ms with the event loop stopped, once or twice a burst,
+    and a lone note that came meanwhile started that much later (157-207 ms instead of
+    about 25 ms from update to getFile, in 2 of 4 runs of ten notes). Frozen, they are never
+    walked again; garbage among them (a cycle made at start) is kept.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 async def _unregister(runtime: Runtime) -> None:
