@@ -314,9 +314,9 @@ def _freeze_start_up() -> int:
 
     A process with the bot holds about 200,000 objects once started (aiogram's types, the
     model's wrappers, SQLAlchemy's mappers), nearly all for good. A full pass of Python's
-    collector walks every one: 90-150 ms with the event loop stopped, once or twice a burst,
-    and a lone note that came meanwhile started that much later (157-207 ms instead of
-    about 25 ms from update to getFile, in 2 of 4 runs of ten notes). Frozen, they are never
+    collector walks every one: 90-180 ms with the event loop stopped, once or twice a burst,
+    and a lone note that came meanwhile started that much later (157-228 ms instead of
+    22-37 ms from update to getFile, in 6 of 8 runs of ten notes). Frozen, they are never
     walked again; garbage among them (a cycle made at start) is kept.
     """
     gc.collect()
