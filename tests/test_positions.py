@@ -10,6 +10,8 @@ import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import pytest
@@ -27,7 +29,7 @@ from voicebot.positions import Waiting, update_positions, waiting_jobs
 from voicebot.ratelimits import build_limiters
 from voicebot.service import build_bot
 from voicebot.slots import Slots
-from voicebot.status import place_in_line
+from voicebot.status import PLACE_MEMORY_SECONDS, place_in_line, remember_place
 
 from .fakes import Call, FakeBotAPI
 from .media import encode_audio, long_speech, voice_note
@@ -92,6 +94,21 @@ def most_in_a_second(calls: list[Call], jitter: float = JITTER) -> int:
     return max(
         (sum(1 for t in times if start <= t < start + 1.0 - jitter) for start in times), default=0
     )
+
+
+def test_places_shown_long_ago_are_forgotten_by_any_process() -> None:
+    """A process that does not run the position loop (which forgets the jobs that left the
+    queue) still forgets the places it showed more than PLACE_MEMORY_SECONDS ago."""
+    runtime = cast(Runtime, SimpleNamespace(positions={}))
+    now = time.monotonic()
+    old = now - PLACE_MEMORY_SECONDS - 1
+    runtime.positions.update({1: (3, old), 2: (2, old), 3: (1, now - 60), 4: (5, old)})
+    remember_place(runtime, 5, 4)
+    # The old ones in front went; an old one behind a recent one waits for a later reply.
+    assert list(runtime.positions) == [3, 4, 5]
+    remember_place(runtime, 3, 0)  # shown again: now the newest, and the old one is in front
+    assert list(runtime.positions) == [5, 3]
+    assert runtime.positions[3][0] == 0
 
 
 async def test_places_are_the_ones_count_ahead_tells(sessions: Sessions) -> None:

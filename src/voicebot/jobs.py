@@ -90,7 +90,8 @@ class Runtime:
     #: opposed to a shutdown, which postpones them).
     cancelling: set[int] = field(default_factory=set)
     #: The place in line each waiting job's status message shows, and when it was shown
-    #: (monotonic seconds): what the position loop compares with. Display only, decides nothing.
+    #: (monotonic seconds), oldest first: what the position loop compares with. Display only,
+    #: decides nothing; written through `status.remember_place`, which bounds it.
     positions: dict[int, tuple[int, float]] = field(default_factory=dict)
     #: See `status.status_lock`; an entry lives while someone holds or waits for it.
     status_locks: weakref.WeakValueDictionary[int, asyncio.Lock] = field(

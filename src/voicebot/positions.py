@@ -43,7 +43,13 @@ from voicebot import texts
 from voicebot.delivery import edit_text
 from voicebot.i18n import use_locale
 from voicebot.models import ACTIVE, Job, JobStatus, as_utc, utcnow
-from voicebot.status import cancel_keyboard, place_in_line, slots_now, status_lock
+from voicebot.status import (
+    cancel_keyboard,
+    place_in_line,
+    remember_place,
+    slots_now,
+    status_lock,
+)
 
 if TYPE_CHECKING:
     from voicebot.jobs import Runtime
@@ -214,5 +220,5 @@ async def _edit(
             log.info("position_edit_skipped", job_id=waiting.job_id, error=str(error))
         # Recorded even when the edit failed: a deleted message (or a user who blocked the
         # bot) is not tried again every round, only when the place changes again.
-        runtime.positions[waiting.job_id] = (place, time.monotonic())
+        remember_place(runtime, waiting.job_id, place)
         return True

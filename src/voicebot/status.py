@@ -18,6 +18,7 @@ import threading
 import time
 from datetime import datetime, timedelta
 from functools import partial
+from itertools import islice
 from typing import TYPE_CHECKING
 
 import structlog
@@ -79,6 +80,26 @@ def status_lock(runtime: Runtime, job_id: int) -> asyncio.Lock:
     return lock
 
 
+#: How long a place shown is remembered (`Runtime.positions`). Only the process holding the
+#: position loop forgets the jobs that left the queue; another (a second bot, or one that lost
+#: the loop) would keep an entry for every reply it sent. A place forgotten too early costs at
+#: most one edit to the place already shown.
+PLACE_MEMORY_SECONDS = 6 * 3600.0
+
+
+def remember_place(runtime: Runtime, job_id: int, place: int) -> None:
+    """Note that the job's status message shows `place` now; forget places shown longer ago
+    than PLACE_MEMORY_SECONDS (the oldest first: entries are kept in the order they were shown)."""
+    now = time.monotonic()
+    shown = runtime.positions
+    shown.pop(job_id, None)
+    shown[job_id] = (place, now)
+    for oldest, (_, at) in list(islice(shown.items(), 64)):
+        if now - at < PLACE_MEMORY_SECONDS:
+            break
+        del shown[oldest]
+
+
 async def acknowledge(runtime: Runtime, job_id: int) -> None:
     """Reply to the job's message with its place in line, unless it has a status message."""
     async with runtime.replies:
@@ -133,7 +154,7 @@ async def ensure_status(runtime: Runtime, job_id: int, *, queued: bool = False) 
         return None
     if place is not None:
         # The position loop edits it only when it changes (and not within the interval).
-        runtime.positions[job_id] = (place, time.monotonic())
+        remember_place(runtime, job_id, place)
     async with runtime.sessions() as session:
         await set_job(session, job_id=job_id, status_message_id=status.message_id)
         await session.commit()
