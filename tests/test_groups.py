@@ -12,8 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aiogram.types import Chat, User
 
 from voicebot import texts
+from voicebot.chatadmins import ChatAdmins
+from voicebot.config import Settings
+from voicebot.service import build_bot
 
 from .botproc import bot_database
 from .fake_groups import ANONYMOUS_ADMIN_BOT, GroupFakeBotAPI
@@ -105,6 +109,37 @@ async def press(
     """Press a button of a bot message (a crafted one too); the bot's answer."""
     query = api.press_button(user_id, message.message_id, data, chat_id=chat_id, stale=True)
     return await answer_to(api, query)  # type: ignore[arg-type]
+
+
+async def test_chat_admins_are_asked_once_a_ttl_and_forgotten_after(
+    api: GroupFakeBotAPI, tmp_path: Path
+) -> None:
+    """getChatMember is asked once per sender within the ttl; answers past it are dropped, so a
+    long-running process does not keep one for every sender that ever changed a setting."""
+    group = Chat.model_validate(api.add_group(-1009, "Club"))
+    api.set_member(-1009, ADMIN, "administrator")
+    settings = Settings(
+        _env_file=None, telegram_bot_token=api.token, telegram_api_url=api.url, data_dir=tmp_path
+    )
+    bot = build_bot(settings)
+    admins = ChatAdmins(ttl=2.0)
+    try:
+
+        async def may(user_id: int) -> bool:
+            sender = User(id=user_id, is_bot=False, first_name="U")
+            return await admins.may_change(bot, chat=group, user=sender)
+
+        for _ in range(2):  # the second time from the cache
+            assert await may(ADMIN)
+            assert not await may(MEMBER)
+        assert len([c for c in api.calls if c.method == "getChatMember"]) == 2
+        await asyncio.sleep(2.1)
+        assert not await may(OTHER)
+        assert list(admins.answers) == [(-1009, OTHER)]  # the two expired ones went
+        assert await may(ADMIN)  # asked again
+        assert len([c for c in api.calls if c.method == "getChatMember"]) == 4
+    finally:
+        await bot.session.close()
 
 
 async def test_modes_settings_topics_and_the_privacy_warning(
