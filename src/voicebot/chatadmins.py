@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from itertools import islice
 
 from aiogram import Bot
 from aiogram.types import Chat, User
+
+from voicebot import recent
 
 ADMIN_STATUSES = frozenset({"creator", "administrator"})
 
@@ -39,15 +40,7 @@ class ChatAdmins:
             return known[0]
         member = await bot.get_chat_member(chat.id, user.id)
         allowed = member.status in ADMIN_STATUSES
-        self.answers.pop(key, None)  # kept in the order asked: the oldest are in front
-        self.answers[key] = (allowed, now)
-        self._forget_expired(now)
+        # Expired answers are dropped as new ones come: a long-running process would otherwise
+        # keep one for every sender that ever changed a group's settings.
+        recent.remember(self.answers, key, allowed, now=now, keep_for=self.ttl)
         return allowed
-
-    def _forget_expired(self, now: float) -> None:
-        """Drop the answers older than `ttl` (at most 64 a call, from the front): a long-running
-        process would otherwise keep one for every sender that ever changed a group's settings."""
-        for key, (_, at) in list(islice(self.answers.items(), 64)):
-            if now - at < self.ttl:
-                break
-            del self.answers[key]

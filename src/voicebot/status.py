@@ -18,7 +18,6 @@ import threading
 import time
 from datetime import datetime, timedelta
 from functools import partial
-from itertools import islice
 from typing import TYPE_CHECKING
 
 import structlog
@@ -30,7 +29,7 @@ from aiogram.exceptions import (
 )
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup, ReplyParameters
 
-from voicebot import texts
+from voicebot import recent, texts
 from voicebot.delivery import TRANSIENT, edit_text, with_retries
 from voicebot.models import ACTIVE, RESERVING, Job, set_job, utcnow
 from voicebot.places import count_ahead, running_at_once
@@ -90,14 +89,9 @@ PLACE_MEMORY_SECONDS = 6 * 3600.0
 def remember_place(runtime: Runtime, job_id: int, place: int) -> None:
     """Note that the job's status message shows `place` now; forget places shown longer ago
     than PLACE_MEMORY_SECONDS (the oldest first: entries are kept in the order they were shown)."""
-    now = time.monotonic()
-    shown = runtime.positions
-    shown.pop(job_id, None)
-    shown[job_id] = (place, now)
-    for oldest, (_, at) in list(islice(shown.items(), 64)):
-        if now - at < PLACE_MEMORY_SECONDS:
-            break
-        del shown[oldest]
+    recent.remember(
+        runtime.positions, job_id, place, now=time.monotonic(), keep_for=PLACE_MEMORY_SECONDS
+    )
 
 
 async def acknowledge(runtime: Runtime, job_id: int) -> None:
