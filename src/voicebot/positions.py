@@ -12,8 +12,9 @@ status messages whose place changed:
   shows the one current when its turn comes. A burst of 200 queued jobs costs the budget, no
   more.
 
-An edit re-reads its job under `status.status_lock`, so it never lands after the job's own
-"Transcribing…", transcript, failure or "Cancelled" edit.
+An edit re-reads its job under `status.status_lock` and, on PostgreSQL, with its row locked
+until Telegram answers, so it never lands after the job's own "Transcribing…", transcript,
+failure or "Cancelled" edit, whichever process sends those.
 
 With several bot processes on one database every process would run this loop over every
 queued job: the cap holds across them with a shared (`redis://`) rate-limit storage, but the
@@ -122,6 +123,11 @@ async def waiting_jobs(session: AsyncSession, *, max_wait: float, now: datetime)
     ]
 
 
+#: Position edits under way at once: each holds its job's row, and a database connection,
+#: until Telegram answers.
+EDITS_AT_ONCE = 4
+
+
 async def show_positions(runtime: Runtime, *, tick: float = TICK_SECONDS) -> None:
     """Keep waiting jobs' status messages showing their place in line, until cancelled."""
     per_second = RateLimitItemPerSecond(runtime.settings.position_edits_per_second)
@@ -175,18 +181,25 @@ async def update_positions(runtime: Runtime, per_second: RateLimitItem) -> int:
         # A job editing its own message right now is left alone.
         if not status_lock(runtime, job.job_id).locked()
     ][: max(room, 0)]
+    lanes = asyncio.Semaphore(EDITS_AT_ONCE)
     edited = await asyncio.gather(
-        *(_show(runtime, job, place, at_once, per_second) for place, job in chosen)
+        *(_show(runtime, job, place, at_once, per_second, lanes) for place, job in chosen)
     )
     return sum(edited)
 
 
 async def _show(
-    runtime: Runtime, waiting: Waiting, place: int, at_once: int, per_second: RateLimitItem
+    runtime: Runtime,
+    waiting: Waiting,
+    place: int,
+    at_once: int,
+    per_second: RateLimitItem,
+    lanes: asyncio.Semaphore,
 ) -> bool:
     """`_edit`, every line it logs carrying the job's ids (in its own task: nothing leaks)."""
     with structlog.contextvars.bound_contextvars(job_id=waiting.job_id, chat_id=waiting.chat_id):
-        return await _edit(runtime, waiting, place, at_once, per_second)
+        async with lanes:
+            return await _edit(runtime, waiting, place, at_once, per_second)
 
 
 async def _edit(
@@ -195,9 +208,11 @@ async def _edit(
     """Edit one status message to `place` (with `at_once` jobs running at once), unless the job
     left the queue meanwhile or the budget has no room left; whether it was sent."""
     assert waiting.status_message_id is not None
-    async with status_lock(runtime, waiting.job_id):
-        async with runtime.sessions() as session:
-            job = await session.get(Job, waiting.job_id)
+    async with status_lock(runtime, waiting.job_id), runtime.sessions() as session:
+        # The job's row stays locked until the edit is answered (PostgreSQL; SQLite has one
+        # process, where the status lock does it): a worker in another process cannot start
+        # the job meanwhile, so its "Transcribing…" and transcript always come after this edit.
+        job = await session.get(Job, waiting.job_id, with_for_update=True)
         if (
             job is None
             or job.status != JobStatus.queued
