@@ -23,7 +23,7 @@ from voicebot.config import Settings
 from voicebot.db import Sessions, build_engine, build_sessions, upgrade_async
 from voicebot.engine import Engine
 from voicebot.jobs import Runtime
-from voicebot.models import Job, JobStatus, set_job, utcnow
+from voicebot.models import Job, JobStatus, set_job, set_job_if, utcnow
 from voicebot.places import count_ahead
 from voicebot.positions import Waiting, update_positions, waiting_jobs
 from voicebot.ratelimits import build_limiters
@@ -215,6 +215,67 @@ async def test_a_burst_of_200_waiting_jobs_is_edited_front_first_within_the_budg
         keyboard = call.params["reply_markup"]["inline_keyboard"]
         assert keyboard[0][0]["callback_data"] == f"cancel:{job.job_id}"
     print(f"\n{len(edits)} edits in {rounds} rounds over 2.4 s for 195 changed places")
+
+
+async def test_a_worker_cannot_start_a_job_while_its_position_edit_is_under_way(
+    api: FakeBotAPI, postgres_url: str, tmp_path: Path, tiny_engine: Engine
+) -> None:
+    """Two processes on PostgreSQL: the bot's position edit keeps the job's row locked until
+    Telegram answers, so a worker taking the job meanwhile waits, and its "Transcribing…" and
+    transcript cannot come before the edit (which would then overwrite them)."""
+    await upgrade_async(postgres_url)
+    database = build_engine(postgres_url)
+    sessions = build_sessions(database)
+    settings = Settings(
+        _env_file=None,
+        telegram_bot_token=api.token,
+        telegram_api_url=api.url,
+        data_dir=tmp_path,
+        database_url=postgres_url,
+        progress_interval_seconds=1,
+        workers=1,
+        batch_size=1,
+    )
+    bot = build_bot(settings)
+    try:
+        runtime = Runtime(
+            settings=settings,
+            bot=bot,
+            sessions=sessions,
+            engine=tiny_engine,
+            slots=Slots(1, max_wait=300),
+            limiters=build_limiters(settings),
+        )
+        # One running job holds the one slot; the queued one behind it showed place 2.
+        _, queued = await add_jobs(
+            sessions, [(9100, 0, 20.0, JobStatus.running), (9101, 0, 10.0, JobStatus.queued)]
+        )
+        sent = await bot.send_message(9101, texts.queued(1, 1))
+        async with sessions() as session:
+            await set_job(session, job_id=queued, status_message_id=sent.message_id)
+            await session.commit()
+        runtime.positions[queued] = (2, time.monotonic() - 5)
+        api.hold("editMessageText")
+        edits = asyncio.create_task(update_positions(runtime, RateLimitItemPerSecond(20)))
+        await api.wait_for(lambda: any(c.method == "editMessageText" for c in api.calls), 10)
+
+        async def start() -> bool:  # what a worker's lease does first
+            async with sessions() as session:
+                began = await set_job_if(
+                    session, job_id=queued, statuses=(JobStatus.queued,), status=JobStatus.running
+                )
+                await session.commit()
+            return began
+
+        worker = asyncio.create_task(start())
+        await asyncio.sleep(1.0)
+        assert not worker.done(), "the worker took the job while its position edit was in flight"
+        api.release("editMessageText")
+        assert await edits == 1
+        assert await worker  # then it starts, after the edit was answered
+    finally:
+        await bot.session.close()
+        await database.dispose()
 
 
 async def status_ids(sessions: Sessions, jobs: list[Waiting]) -> list[tuple[int, int]]:
