@@ -7,7 +7,8 @@ Three setups, each on its own fake Bot API (tests/fakes.py) and a fresh database
 - c: `voicebot bot` + 2 x `voicebot worker` (WORKERS=1, WHISPER_CPU_THREADS=1 each) sharing a
   private PostgreSQL and a private RabbitMQ (tests/servers.py) on loopback.
 
-a and b run the default BATCH_SIZE; c's workers run what deploy/compose.scale.yml gives them.
+a and b run the default BATCH_SIZE (or `--batch-size`); c's workers run what
+deploy/compose.scale.yml gives them.
 
 Each takes the same burst: `--clips` voice notes cut from the English corpus clips (in manifest
 order, cycled) from `--chats` chats, sent at once. Every note in the whole run is distinct bytes
@@ -86,7 +87,7 @@ class Setup:
     workers: int  # WORKERS of each process that runs jobs
     threads: int  # WHISPER_CPU_THREADS of each
     consumers: int = 1  # processes that run jobs
-    batch_size: int = BATCH_SIZE  # BATCH_SIZE of each
+    batch_size: int = BATCH_SIZE  # BATCH_SIZE of each (a and b: --batch-size)
 
     def describe(self) -> str:
         threads = f"{self.threads} thread{'s' if self.threads > 1 else ''}"
@@ -174,6 +175,9 @@ def main() -> None:
         help="the database of the embedded runs (a, b); c always uses PostgreSQL",
     )
     parser.add_argument("--setups", default="abc", help="which setups to run (letters a, b, c)")
+    parser.add_argument(
+        "--batch-size", type=int, default=BATCH_SIZE, help="BATCH_SIZE of a and b (c: compose's)"
+    )
     parser.add_argument("--latency-clip", default=LATENCY_CLIP)
     parser.add_argument("--pause", type=float, default=0.5, help="idle seconds between lone notes")
     parser.add_argument("--timeout", type=float, default=600.0, help="deadline per burst, seconds")
@@ -406,7 +410,7 @@ async def run_setup(
         "SHUTDOWN_GRACE_SECONDS": "5",
         "PROGRESS_INTERVAL_SECONDS": "5",  # the default (the tests' BotProcess says 1)
         **LIFTED,  # every note is accepted: the door's limits are not measured here
-        "BATCH_SIZE": str(BATCH_SIZE),
+        "BATCH_SIZE": str(args.batch_size),
     }
     if database == "postgresql":
         env["DATABASE_URL"] = await servers.database()
@@ -432,7 +436,7 @@ async def run_setup(
                         role=role,
                         WORKERS=str(setup.workers),
                         WHISPER_CPU_THREADS=str(setup.threads),
-                        **env | {"BATCH_SIZE": str(setup.batch_size)},
+                        **env | ({"BATCH_SIZE": str(setup.batch_size)} if setup.split else {}),
                     ),
                 )
             )
@@ -606,7 +610,8 @@ def render(
     date, load = start
     lines = [
         f"{date:%Y-%m-%d %H:%M} UTC, {machine()}; load average at start {load} "
-        f"(1/5/15 min), at end {loadavg()}; WHISPER_MODEL={args.model}, BATCH_SIZE={BATCH_SIZE} "
+        f"(1/5/15 min), at end {loadavg()}; WHISPER_MODEL={args.model}, "
+        f"BATCH_SIZE={args.batch_size} "
         f"(c's workers: {WORKER_BATCH_SIZE}, as deploy/compose.scale.yml); "
         "fake Bot API in the "
         f"benchmark process on 127.0.0.1; private PostgreSQL and RabbitMQ on 127.0.0.1 for c; "
