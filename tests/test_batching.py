@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import jiwer
 import numpy as np
@@ -16,7 +17,7 @@ import srt
 import webvtt
 
 from voicebot.audio import SAMPLE_RATE, decode
-from voicebot.batching import TIMING_DECAY, Batcher, Item, Rest, Timing, Work
+from voicebot.batching import TIMING_DECAY, Batcher, Item, Report, Rest, Timing, Work
 from voicebot.config import Settings
 from voicebot.engine import Engine, build_engine
 from voicebot.errors import (
@@ -216,6 +217,41 @@ def test_the_rest_of_a_piece_waits_ahead_of_later_pieces_and_its_parts_are_joine
     batcher.close()
 
 
+def test_outcomes_reported_before_a_batch_ends_go_on_at_once() -> None:
+    """A batcher that streams: what `run` reports before its batch ends completes its work at
+    once, a rest so reported is decoded by a free thread while the batch still runs, and what
+    the batch then returns for them is not recorded again."""
+    release = threading.Event()
+    seen: list[list[str]] = []
+
+    def run(
+        batch: list[Item[str, str]], report: Report[str, str]
+    ) -> list[str | Rest[str, str] | Exception]:
+        pieces = [work.pieces[i] for work, i in batch]
+        seen.append(pieces)
+        if "slow" not in pieces:
+            return list(pieces)
+        report([(0, "ab"), (1, Rest("xy", "zw"))])
+        report([(0, "reported twice")])
+        assert release.wait(5)
+        return ["late", "late", "slow"]
+
+    # Weightless pieces: one thread takes all three (the share never stops a batch).
+    batcher: Batcher[str, str] = Batcher(run, size=3, threads=2, weight=lambda _: 0.0, streams=True)
+    first, second, slow = Work(["ab"]), Work(["xyzw"], join="".join), Work(["slow"])
+    with batcher._changed:
+        for work in (first, second, slow):
+            batcher.submit(work)
+    assert first.future.result(5) == ["ab"]
+    assert second.future.result(5) == ["xyzw"]  # its rest, on the other thread
+    assert not slow.future.done()
+    release.set()
+    assert slow.future.result(5) == ["slow"]
+    assert first.future.result() == ["ab"]
+    assert seen == [["ab", "xyzw", "slow"], ["zw"]]
+    batcher.close()
+
+
 @pytest.mark.exclusive  # a bound in seconds (a start, a stop within 2 s)
 def test_a_lone_work_starts_at_once_and_a_withdrawn_one_stops() -> None:
     batcher: Batcher[int, int] = Batcher(_square, size=8, threads=1)
@@ -268,6 +304,40 @@ def test_a_batch_of_good_bad_cancelled_and_late_recordings_each_gets_its_own_ans
     # Alone, each good one says the same, to the word.
     assert first.text == batched.transcribe(good[0]).text
     assert second.text == batched.transcribe(good[1]).text
+
+
+def test_each_decoder_call_is_reported_and_a_later_failure_keeps_it(
+    batched: Engine, corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pieces of two window sizes take two decoder calls: each is reported as it returns.
+    When the second call fails, the batch is split and only its piece is decoded again, alone:
+    the first keeps the outcome already reported."""
+    decoder = batched.batcher.run
+    short, longer = (
+        batched._recording(corpus / clip, None, (), "transcribe", None, None)
+        for clip in ("en/ljspeech_LJ001-0006.wav", "en/jfk.flac")
+    )
+    windows = {decoder._window(decoder._features(r.pieces[0]).shape[-1]) for r in (short, longer)}
+    assert len(windows) == 2
+    decode_window = decoder._decode_window
+    calls: list[int] = []
+
+    def failing_once(recordings: list[Any], *args: Any) -> Any:
+        calls.append(len(recordings))
+        if len(calls) == 2:
+            raise RuntimeError("the second call fails")
+        return decode_window(recordings, *args)
+
+    monkeypatch.setattr(decoder, "_decode_window", failing_once)
+    reports: list[list[int]] = []
+    results = decoder(
+        [(short, 0), (longer, 0)], lambda outcomes: reports.append([p for p, _ in outcomes])
+    )
+    assert calls == [1, 1, 1]  # a call a window size, then the failed one's piece alone
+    assert reports == [[0]]  # the first call, once
+    texts = [" ".join(s.text for s in result) for result in results if isinstance(result, tuple)]
+    assert len(texts) == 2, results
+    assert all(texts), results
 
 
 def test_mixed_languages_in_one_batch(

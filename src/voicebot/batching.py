@@ -14,8 +14,10 @@ language detection, is the run function's to share; see `engine.decoding`).
 Nothing here knows about Whisper: `run` decodes a batch, and a result is whatever it returns.
 An item decoded only in part (`Rest`: a window that stopped early) leaves the rest of its piece
 here, ahead of the recording's later pieces, for whichever thread is free next; its parts are
-joined when the last one comes. One recording's failure, withdrawal (cancel, timeout) or bad
-piece never touches the others.
+joined when the last one comes. A batcher that `streams` lets `run` report items as they are
+done (the engine: after each decoder call), so their works go on and their rests wait for a
+free thread while the rest of the batch is still decoding. One recording's failure, withdrawal
+(cancel, timeout) or bad piece never touches the others.
 """
 
 from __future__ import annotations
@@ -150,9 +152,13 @@ def _one(_piece: object) -> float:
 
 Item = tuple[Work[P, R], int]
 """One piece in a batch: its work and its index there."""
-Run = Callable[[list[Item[P, R]]], Sequence[R | Rest[P, R] | Exception]]
-"""Decodes one batch: per item a result, a part of it and the rest to decode, or the exception
-that failed that item alone."""
+Report = Callable[[Sequence[tuple[int, Rest[P, R] | R | Exception]]], None]
+"""Hands back the outcomes of some of a batch's items (by their place in the batch) before the
+batch ends."""
+Run = Callable[..., Sequence[Rest[P, R] | R | Exception]]
+"""Decodes one batch, `run(batch)` (or `run(batch, report)` for a batcher that `streams`): per
+item a result, a part of it and the rest to decode, or the exception that failed that item
+alone."""
 
 
 class Batcher(Generic[P, R]):
@@ -167,8 +173,12 @@ class Batcher(Generic[P, R]):
         name: str = "batch",
         on_batch: Callable[[int], None] | None = None,
         weight: Callable[[P], float] | None = None,
+        streams: bool = False,
     ) -> None:
         self.run = run
+        #: Whether `run` takes a `Report` too, for the items it finishes before the batch ends:
+        #: their works go on at once (a rest joins the next batch of a thread that frees first).
+        self.streams = streams
         #: A piece's share of a batch's time (the engine: its window and audio, in seconds); 1
         #: without.
         self.weight = weight or _one
@@ -243,7 +253,9 @@ class Batcher(Generic[P, R]):
                     batch = self._take()
                 if not batch:
                     return
-            self._finish(batch, self._run(batch))
+            reported: set[int] = set()
+            results = self._run(batch, reported)
+            self._finish(batch, results, reported)
 
     def _take(self) -> list[Item[P, R]]:
         """The next batch, round robin over ready works in arrival order (under the lock): at
@@ -292,14 +304,24 @@ class Batcher(Generic[P, R]):
         )
         return (waiting + ahead / per_unit) / self.thread_count
 
-    def _run(self, batch: list[Item[P, R]]) -> Sequence[R | Rest[P, R] | Exception]:
+    def _run(
+        self, batch: list[Item[P, R]], reported: set[int]
+    ) -> Sequence[R | Rest[P, R] | Exception]:
+        """`run`'s outcomes for the batch; those it reported early are recorded at once, and
+        their places added to `reported`."""
         with self._changed:
             self.batches += 1
             self.items += len(batch)
         if self.on_batch is not None:
             self.on_batch(len(batch))
+
+        def report(outcomes: Sequence[tuple[int, R | Rest[P, R] | Exception]]) -> None:
+            fresh = [(place, outcome) for place, outcome in outcomes if place not in reported]
+            reported.update(place for place, _ in fresh)
+            self._record([batch[place] for place, _ in fresh], [outcome for _, outcome in fresh])
+
         try:
-            results = self.run(batch)
+            results = self.run(batch, report) if self.streams else self.run(batch)
         # The boundary of a thread that must outlive any one batch: whatever `run` raised fails
         # this batch's works (and is logged), never the thread.
         except Exception as error:
@@ -311,16 +333,27 @@ class Batcher(Generic[P, R]):
         return results
 
     def _finish(
-        self, batch: list[Item[P, R]], results: Sequence[R | Rest[P, R] | Exception]
+        self,
+        batch: list[Item[P, R]],
+        results: Sequence[R | Rest[P, R] | Exception],
+        reported: set[int],
+    ) -> None:
+        """The batch ended: its time counts, and the outcomes not reported early are recorded."""
+        with self._changed:
+            started, load = self._running.pop(threading.current_thread().name)
+            self._timing.add(load, time.monotonic() - started)
+        kept = [place for place in range(len(batch)) if place not in reported]
+        self._record([batch[place] for place in kept], [results[place] for place in kept])
+
+    def _record(
+        self, items: list[Item[P, R]], results: Sequence[R | Rest[P, R] | Exception]
     ) -> None:
         """Record each piece's result (or part, queueing its rest); complete or fail its work;
         tell each work what came."""
         touched: list[Work[P, R]] = []
         completed: list[Work[P, R]] = []
         with self._changed:
-            started, load = self._running.pop(threading.current_thread().name)
-            self._timing.add(load, time.monotonic() - started)
-            for (work, index), result in zip(batch, results, strict=True):
+            for (work, index), result in zip(items, results, strict=True):
                 if work.finished:
                     continue  # withdrawn or failed meanwhile: its results are dropped
                 if isinstance(result, Rest) and work.join is None:

@@ -86,6 +86,7 @@ class Engine:
             name="whisper",
             on_batch=on_batch,
             weight=decoder.weight,
+            streams=True,
         )
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import structlog
 
 from voicebot import languages, pieces
-from voicebot.batching import Item, Rest
+from voicebot.batching import Item, Report, Rest
 from voicebot.engine import malloc
 from voicebot.pieces import Piece
 from voicebot.recording import (
@@ -65,58 +66,89 @@ class Decoder:
         """Whether the model can transcribe languages other than English."""
         return bool(self.model.model.is_multilingual)
 
-    def __call__(self, batch: list[Item[Piece, tuple[Segment, ...]]]) -> list[Decoded | Exception]:
-        """One batch (a batch thread); an item that fails alone fails only its recording."""
+    def __call__(
+        self,
+        batch: list[Item[Piece, tuple[Segment, ...]]],
+        report: Report[Piece, tuple[Segment, ...]] | None = None,
+    ) -> list[Decoded | Exception]:
+        """One batch (a batch thread); an item that fails alone fails only its recording. The
+        items of each decoder call are reported as it returns (`report`)."""
         with self._counting:
             self._running += 1
         try:
-            return self._decode(batch)
+            return self._decode(batch, report)
         finally:
             with self._counting:
                 self._running -= 1
 
-    def _decode(self, batch: list[Item[Piece, tuple[Segment, ...]]]) -> list[Decoded | Exception]:
+    def _decode(
+        self,
+        batch: list[Item[Piece, tuple[Segment, ...]]],
+        report: Report[Piece, tuple[Segment, ...]] | None,
+    ) -> list[Decoded | Exception]:
+        done: dict[int, Decoded] = {}
+
+        def early(places: list[int], decoded: list[Decoded]) -> None:
+            done.update(zip(places, decoded, strict=True))
+            if report is not None:
+                report(list(zip(places, decoded, strict=True)))
+
         try:
-            return list(self._together(batch))
+            return list(self._together(batch, early))
         except (RuntimeError, ValueError, MemoryError) as error:
             if len(batch) == 1:
                 return [error]
             log.warning("batch_split", items=len(batch), error=str(error))
         results: list[Decoded | Exception] = []
         failed: dict[int, Exception] = {}
-        for item in batch:
+        for place, item in enumerate(batch):
             work = item[0]
-            if id(work) in failed:  # its recording fails anyway, and may never decide a language
+            if place in done:  # decoded (and reported) before the call that failed
+                results.append(done[place])
+            elif id(work) in failed:  # its recording fails anyway, and may never decide one
                 results.append(failed[id(work)])
-                continue
-            try:
-                results.extend(self._together([item]))
-            except (RuntimeError, ValueError, MemoryError) as error:
-                failed[id(work)] = error
-                results.append(error)
+            else:
+                try:
+                    results.extend(self._together([item], None))
+                except (RuntimeError, ValueError, MemoryError) as error:
+                    failed[id(work)] = error
+                    results.append(error)
         return results
 
-    def _together(self, batch: list[Item[Piece, tuple[Segment, ...]]]) -> list[Decoded]:
+    def _together(
+        self,
+        batch: list[Item[Piece, tuple[Segment, ...]]],
+        early: Callable[[list[int], list[Decoded]], None] | None,
+    ) -> list[Decoded]:
+        """Each item's segments, or its start and rest; `early` is told each decoder call's."""
         recordings = [Recording.of(work) for work, _ in batch]
         # The batch with a recording's first piece detects its language; another batch thread
         # with its later pieces waits for that (see `_decide_languages`).
         deciding = {id(work) for work, index in batch if index == 0}
-        decoded = self._pieces(recordings, [work.pieces[index] for work, index in batch], deciding)
-        return [
-            tuple(segments) if rest is None else Rest(tuple(segments), rest)
-            for segments, rest in decoded
-        ]
+        decoded: list[Decoded] = [() for _ in batch]
+
+        def called(places: list[int], parts: list[tuple[list[Segment], Piece | None]]) -> None:
+            for place, (segments, rest) in zip(places, parts, strict=True):
+                decoded[place] = tuple(segments) if rest is None else Rest(tuple(segments), rest)
+            if early is not None:
+                early(places, [decoded[place] for place in places])
+
+        self._pieces(recordings, [work.pieces[index] for work, index in batch], deciding, called)
+        return decoded
 
     def _pieces(
-        self, recordings: list[Recording], cut: list[Piece], deciding: set[int]
-    ) -> list[tuple[list[Segment], Piece | None]]:
+        self,
+        recordings: list[Recording],
+        cut: list[Piece],
+        deciding: set[int],
+        called: Callable[[list[int], list[tuple[list[Segment], Piece | None]]], None],
+    ) -> None:
         """Each piece's segments in its recording's time, and the rest of the piece where its
         window stopped early (stock decoding goes on from there in a new window: the batcher
-        queues it for the next free thread). Pieces with the same encoder window go through the
-        encoder and the decoder together."""
+        queues it for the next free thread), told to `called` after each decoder call. Pieces
+        with the same encoder window go through the encoder and the decoder together."""
         computed = [self._features(piece) for piece in cut]
         windows = [self._window(features.shape[-1]) for features in computed]
-        decoded: list[tuple[list[Segment], Piece | None]] = [([], None) for _ in cut]
         for window in dict.fromkeys(windows):
             alike = [i for i, w in enumerate(windows) if w == window]
             # The decoder's memory grows with items x window x beam: on a CPU at most
@@ -128,19 +160,20 @@ class Decoder:
                 per_call = len(alike)
             for start in range(0, len(alike), per_call):
                 same = alike[start : start + per_call]
-                for i, (segments, resume) in zip(
+                parts = self._decode_window(
+                    [recordings[i] for i in same],
+                    [cut[i] for i in same],
+                    [computed[i] for i in same],
+                    window,
+                    deciding,
+                )
+                called(
                     same,
-                    self._decode_window(
-                        [recordings[i] for i in same],
-                        [cut[i] for i in same],
-                        [computed[i] for i in same],
-                        window,
-                        deciding,
-                    ),
-                    strict=True,
-                ):
-                    decoded[i] = (segments, None if resume is None else cut[i].after(resume))
-        return decoded
+                    [
+                        (segments, None if resume is None else cut[i].after(resume))
+                        for i, (segments, resume) in zip(same, parts, strict=True)
+                    ],
+                )
 
     def weight(self, piece: Piece) -> float:
         """A piece's share of a batch's time: its encoder window and its audio (what the
