@@ -15,6 +15,7 @@ from typing import cast
 
 import numpy as np
 import pytest
+from aiogram import Bot
 from limits import RateLimitItemPerSecond
 from sqlalchemy import update
 
@@ -160,14 +161,7 @@ async def test_a_burst_of_200_waiting_jobs_is_edited_front_first_within_the_budg
     )
     bot = build_bot(settings)
     try:
-        runtime = Runtime(
-            settings=settings,
-            bot=bot,
-            sessions=sessions,
-            engine=tiny_engine,
-            slots=Slots(1, max_wait=300),
-            limiters=build_limiters(settings),
-        )
+        runtime = one_slot_runtime(settings, bot, sessions, tiny_engine)
         specs = [(8000 + n % 50, 0, 10.0, JobStatus.queued) for n in range(200)]
         specs.insert(0, (8000, 0, 20.0, JobStatus.running))  # the job holding the one slot
         running = (await add_jobs(sessions, specs))[0]
@@ -238,14 +232,7 @@ async def test_a_worker_cannot_start_a_job_while_its_position_edit_is_under_way(
     )
     bot = build_bot(settings)
     try:
-        runtime = Runtime(
-            settings=settings,
-            bot=bot,
-            sessions=sessions,
-            engine=tiny_engine,
-            slots=Slots(1, max_wait=300),
-            limiters=build_limiters(settings),
-        )
+        runtime = one_slot_runtime(settings, bot, sessions, tiny_engine)
         # One running job holds the one slot; the queued one behind it showed place 2.
         _, queued = await add_jobs(
             sessions, [(9100, 0, 20.0, JobStatus.running), (9101, 0, 10.0, JobStatus.queued)]
@@ -276,6 +263,18 @@ async def test_a_worker_cannot_start_a_job_while_its_position_edit_is_under_way(
     finally:
         await bot.session.close()
         await database.dispose()
+
+
+def one_slot_runtime(settings: Settings, bot: Bot, sessions: Sessions, engine: Engine) -> Runtime:
+    """A runtime with one job slot (held by the running job the tests add)."""
+    return Runtime(
+        settings=settings,
+        bot=bot,
+        sessions=sessions,
+        engine=engine,
+        slots=Slots(1, max_wait=300),
+        limiters=build_limiters(settings),
+    )
 
 
 async def status_ids(sessions: Sessions, jobs: list[Waiting]) -> list[tuple[int, int]]:
